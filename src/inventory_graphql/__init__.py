@@ -1,0 +1,1 @@
+"""inventory-graphql: sell scarce stock without overselling it."""

@@ -1,0 +1,3 @@
+from inventory_graphql.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,28 @@
+"""What every resolver gets: the service and per-request DataLoaders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
+from strawberry.dataloader import DataLoader
+
+from inventory_graphql.inventory import models
+from inventory_graphql.inventory.service import InventoryService
+
+
+@dataclass
+class Context:
+    request: HTTPConnection
+    response: Response | None
+    service: InventoryService
+    products: DataLoader[str, models.Product | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.products = DataLoader(load_fn=self._load_products)
+
+    async def _load_products(self, skus: Sequence[str]) -> list[models.Product | None]:
+        found = {p.sku: p for p in await self.service.catalog.products(skus, len(skus))}
+        return [found.get(sku) for sku in skus]

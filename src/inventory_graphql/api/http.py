@@ -1,0 +1,21 @@
+"""The GraphQL endpoint: POST and GET over HTTP, graphql-transport-ws over WebSocket."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+
+from inventory_graphql.api.context import Context
+from inventory_graphql.api.schema import schema
+
+
+class GraphQLEndpoint(GraphQL[Context, None]):
+    async def get_context(self, request: Request | WebSocket, response: Response | None) -> Context:
+        # The service lives in the app's lifespan state, not in a module global.
+        return Context(request=request, response=response, service=request.state.service)
+
+
+def graphql_endpoint() -> GraphQLEndpoint:
+    return GraphQLEndpoint(schema)

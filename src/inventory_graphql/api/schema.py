@@ -1,0 +1,91 @@
+"""The GraphQL schema, composed in one place."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import strawberry
+from graphql import GraphQLError
+from strawberry import UNSET
+from strawberry.extensions import ParserCache, ValidationCache
+
+from inventory_graphql.api.context import Context
+from inventory_graphql.api.outcomes import ProductResult, ReserveResult, ResolveResult, to_graphql
+from inventory_graphql.api.types import Product, Reservation, ReserveLineInput
+from inventory_graphql.inventory.models import LineRequest
+
+Info = strawberry.Info[Context, None]
+MAX_PAGE = 1000
+T = TypeVar("T")
+
+
+def _given(value: T | None) -> T | None:
+    """Arguments are declared without a default (as in the contract): absent means None."""
+    return None if value is UNSET else value
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="One product by sku; null when there is none.")
+    async def product(self, info: Info, sku: str) -> Product | None:
+        found = await info.context.products.load(sku)
+        return Product.from_domain(found) if found else None
+
+    @strawberry.field(description="Products by sku (or all, by sku), at most `first` of them.")
+    async def products(
+        self, info: Info, skus: list[str] | None = UNSET, first: int | None = 100
+    ) -> list[Product]:
+        first = 100 if first is None else first
+        if not 0 <= first <= MAX_PAGE:
+            raise GraphQLError(
+                f"first must be 0 to {MAX_PAGE}", extensions={"code": "BAD_USER_INPUT"}
+            )
+        found = await info.context.service.catalog.products(_given(skus), first)
+        return [Product.from_domain(p) for p in found]
+
+    @strawberry.field(description="A reservation by id; null when unknown or malformed.")
+    async def reservation(self, info: Info, id: strawberry.ID) -> Reservation | None:
+        found = await info.context.service.reservations.get(id)
+        return Reservation.from_domain(found) if found else None
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Hold stock for every line, or for none of them.")
+    async def reserve(
+        self,
+        info: Info,
+        lines: list[ReserveLineInput],
+        ttl_seconds: int | None = UNSET,
+        idempotency_key: str | None = UNSET,
+    ) -> ReserveResult:
+        requested = [LineRequest(line.sku, line.quantity) for line in lines]
+        outcome = await info.context.service.reservations.reserve(
+            requested, _given(ttl_seconds), _given(idempotency_key)
+        )
+        return to_graphql(outcome)
+
+    @strawberry.mutation(description="Payment succeeded: the held units leave the stock.")
+    async def confirm(self, info: Info, id: strawberry.ID) -> ResolveResult:
+        return to_graphql(await info.context.service.reservations.confirm(id))
+
+    @strawberry.mutation(description="Payment failed: the held units return to the stock.")
+    async def release(self, info: Info, id: strawberry.ID) -> ResolveResult:
+        return to_graphql(await info.context.service.reservations.release(id))
+
+    @strawberry.mutation(description="Add a product with its initial stock.")
+    async def create_product(self, info: Info, sku: str, name: str, quantity: int) -> ProductResult:
+        return to_graphql(await info.context.service.catalog.create_product(sku, name, quantity))
+
+    @strawberry.mutation(description="Restock (positive delta) or write off (negative).")
+    async def adjust_stock(self, info: Info, sku: str, delta: int, reason: str) -> ProductResult:
+        return to_graphql(await info.context.service.catalog.adjust_stock(sku, delta, reason))
+
+
+schema = strawberry.Schema(
+    query=Query,
+    mutation=Mutation,
+    # Parsing and validating are most of a request's cost; clients that send one document
+    # with variables hit these caches every time.
+    extensions=[ParserCache(maxsize=256), ValidationCache(maxsize=256)],
+)

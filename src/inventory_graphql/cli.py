@@ -1,0 +1,124 @@
+"""`inventory-graphql serve | migrate | check | export-schema`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+
+from inventory_graphql.config import Settings
+from inventory_graphql.database import migrate
+from inventory_graphql.demo import load_demo_catalog
+from inventory_graphql.embedded_db import embedded_postgres
+from inventory_graphql.inventory.reconcile import reconcile
+
+log = logging.getLogger("inventory_graphql")
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """DATABASE_URL when given; otherwise the embedded PostgreSQL, stopped on exit."""
+    if settings.database_url:
+        yield settings.database_url
+    else:
+        with embedded_postgres(settings.data_dir) as url:
+            yield url
+
+
+async def _migrate(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    for migration in applied:
+        print(f"applied {migration.version:03d}_{migration.name}")
+    print("schema is up to date")
+    return 0
+
+
+async def _check(url: str, settings: Settings) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        report = await reconcile(conn, settings.overdue_grace_seconds)
+    finally:
+        await conn.close()
+    for problem in report.problems:
+        print(f"MISMATCH {problem}")
+    verdict = "ok" if report.ok else f"{len(report.problems)} problems"
+    print(f"checked {report.products} products and {report.holds} holds: {verdict}")
+    return 0 if report.ok else 1
+
+
+def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    import uvicorn
+
+    from inventory_graphql.app import create_app
+
+    if args.demo:
+        asyncio.run(load_demo_catalog(url))
+    app = create_app(settings, url)
+    # uvicorn handles SIGTERM and Ctrl-C: it stops accepting, finishes in-flight requests
+    # and runs the lifespan's shutdown; then `database()` stops the embedded PostgreSQL.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _export_schema(args: argparse.Namespace) -> int:
+    from inventory_graphql.api.schema import schema
+
+    sdl = schema.as_str() + "\n"
+    if args.output == "-":
+        sys.stdout.write(sdl)
+    else:
+        Path(args.output).write_text(sdl)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inventory-graphql", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_database(name: str, help: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help)
+        command.add_argument(
+            "--data-dir",
+            type=Path,
+            help="embedded PostgreSQL data directory, when DATABASE_URL is not set "
+            "(default: INVENTORY_DATA_DIR or a per-user data directory)",
+        )
+        return command
+
+    serve = with_database("serve", "run the GraphQL service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--demo", action="store_true", help="load a demo catalog when empty")
+    serve.add_argument("--log-level", default="info")
+    with_database("migrate", "apply database migrations")
+    with_database("check", "reconcile stock with the ledger and the holds")
+    export = commands.add_parser("export-schema", help="print the GraphQL SDL")
+    export.add_argument("--output", default="-")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "export-schema":
+        return _export_schema(args)
+    settings = Settings.from_env()
+    if args.data_dir is not None:
+        settings = dataclasses.replace(settings, data_dir=args.data_dir)
+    with database(settings) as url:
+        if args.command == "migrate":
+            return asyncio.run(_migrate(url))
+        if args.command == "check":
+            return asyncio.run(_check(url, settings))
+        return _serve(args, settings, url)

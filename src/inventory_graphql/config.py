@@ -1,0 +1,51 @@
+"""Settings, read once from the environment. Every variable is listed in the README."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    return default if raw in (None, "") else int(raw)
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    return default if raw in (None, "") else float(raw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    data_dir: Path = Path(platformdirs.user_data_dir("inventory-graphql"))
+    hold_ttl_seconds: int = 600
+    pool_size: int = 8
+    sweep_interval_seconds: float = 0.5
+    sweep_batch_size: int = 500
+    # How far past expiry a PENDING hold may be before `check` calls it a fault.
+    overdue_grace_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+        data_dir = env.get("INVENTORY_DATA_DIR")
+        return cls(
+            database_url=env.get("DATABASE_URL") or None,
+            data_dir=Path(data_dir) if data_dir else defaults.data_dir,
+            hold_ttl_seconds=_int(env, "INVENTORY_HOLD_TTL_SECONDS", defaults.hold_ttl_seconds),
+            pool_size=_int(env, "INVENTORY_DB_POOL_SIZE", defaults.pool_size),
+            sweep_interval_seconds=_float(
+                env, "INVENTORY_SWEEP_INTERVAL_SECONDS", defaults.sweep_interval_seconds
+            ),
+            sweep_batch_size=_int(env, "INVENTORY_SWEEP_BATCH_SIZE", defaults.sweep_batch_size),
+            overdue_grace_seconds=_float(
+                env, "INVENTORY_OVERDUE_GRACE_SECONDS", defaults.overdue_grace_seconds
+            ),
+        )

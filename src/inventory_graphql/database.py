@@ -1,0 +1,73 @@
+"""Connections and migrations. Knows nothing of GraphQL or HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+# Any constant works; it only has to be the same in every process running migrations.
+_MIGRATION_LOCK = 0x1E7E_0001
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """The numbered `.sql` files shipped in `inventory_graphql/migrations`, in order."""
+    found = []
+    for entry in resources.files("inventory_graphql.migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            number, _, rest = entry.name.partition("_")
+            found.append(Migration(int(number), rest.removesuffix(".sql"), entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+async def migrate(conn: asyncpg.Connection) -> list[Migration]:
+    """Apply the migrations not yet applied; return those it applied.
+
+    Safe when several processes start at once: they queue on an advisory lock and the
+    later ones find nothing left to do.
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migration (
+                   version    integer PRIMARY KEY,
+                   name       text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migration")}
+        applied = []
+        for migration in migrations():
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migration (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+            applied.append(migration)
+        return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+
+@contextlib.asynccontextmanager
+async def connect_pool(database_url: str, size: int) -> AsyncIterator[asyncpg.Pool]:
+    # A small pool on purpose: hundreds of backends fighting over one hot row are slower
+    # than a few, so requests queue in the application instead.
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=size)
+    try:
+        yield pool
+    finally:
+        await pool.close()

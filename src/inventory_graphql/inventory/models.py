@@ -1,0 +1,142 @@
+"""What the service hands back: stock, holds, and the expected failures.
+
+Expected failures are values, not exceptions: callers return them to clients as they are.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+class ReservationStatus(enum.Enum):
+    PENDING = "PENDING"
+    CONFIRMED = "CONFIRMED"
+    RELEASED = "RELEASED"
+    EXPIRED = "EXPIRED"
+
+
+@dataclass(frozen=True)
+class Product:
+    sku: str
+    name: str
+    quantity: int
+    reserved: int
+    version: int
+    updated_at: datetime
+
+    @property
+    def available(self) -> int:
+        return self.quantity - self.reserved
+
+    @classmethod
+    def from_row(cls, row: Any) -> Product:
+        return cls(
+            sku=row["sku"],
+            name=row["name"],
+            quantity=row["quantity"],
+            reserved=row["reserved"],
+            version=row["version"],
+            updated_at=row["updated_at"],
+        )
+
+
+@dataclass(frozen=True)
+class LineRequest:
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class ReservationLine:
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: str
+    status: ReservationStatus
+    lines: tuple[ReservationLine, ...]
+    created_at: datetime
+    expires_at: datetime
+    resolved_at: datetime | None
+
+
+# Expected failures. Each has a human `message`; the other fields are for programs.
+
+
+@dataclass(frozen=True)
+class InsufficientStock:
+    sku: str
+    requested: int
+    available: int
+
+    @property
+    def message(self) -> str:
+        return f"Only {self.available} of {self.sku} available, {self.requested} requested."
+
+
+@dataclass(frozen=True)
+class ProductNotFound:
+    sku: str
+
+    @property
+    def message(self) -> str:
+        return f"No product with sku {self.sku!r}."
+
+
+@dataclass(frozen=True)
+class ProductExists:
+    sku: str
+
+    @property
+    def message(self) -> str:
+        return f"A product with sku {self.sku!r} already exists."
+
+
+@dataclass(frozen=True)
+class InvalidInput:
+    field: str | None
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"{self.field}: {self.reason}" if self.field else self.reason
+
+
+@dataclass(frozen=True)
+class IdempotencyKeyReused:
+    idempotency_key: str
+
+    @property
+    def message(self) -> str:
+        return "This idempotency key was already used for a reservation with other lines."
+
+
+@dataclass(frozen=True)
+class ReservationNotFound:
+    id: str
+
+    @property
+    def message(self) -> str:
+        return f"No reservation with id {self.id!r}."
+
+
+@dataclass(frozen=True)
+class ReservationNotPending:
+    id: str
+    status: ReservationStatus
+
+    @property
+    def message(self) -> str:
+        return f"Reservation {self.id} is {self.status.value}, not PENDING."
+
+
+ReserveOutcome = (
+    Reservation | InsufficientStock | ProductNotFound | InvalidInput | IdempotencyKeyReused
+)
+ResolveOutcome = Reservation | ReservationNotFound | ReservationNotPending
+ProductOutcome = Product | ProductNotFound | ProductExists | InvalidInput

@@ -1,0 +1,55 @@
+"""Expires holds nobody resolved, in every server process.
+
+Several processes sweep safely together: each batch takes the due holds with
+`FOR UPDATE SKIP LOCKED`, so they split a backlog instead of queueing on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from inventory_graphql.inventory.reservations import Reservations
+
+log = logging.getLogger(__name__)
+
+
+class Sweeper:
+    def __init__(self, reservations: Reservations, interval: float, batch_size: int) -> None:
+        self._reservations = reservations
+        self._interval = interval
+        self._batch_size = batch_size
+        self.expired_total = 0
+
+    async def sweep_once(self) -> int:
+        """Expire everything due now, one bounded batch (one short transaction) at a time."""
+        swept = 0
+        while True:
+            count = await self._reservations.expire_due(self._batch_size)
+            swept += count
+            if count < self._batch_size:
+                break
+            await asyncio.sleep(0)  # let reservations in between batches
+        self.expired_total += swept
+        return swept
+
+    async def run(self) -> None:
+        while True:
+            try:
+                if swept := await self.sweep_once():
+                    log.info("expired %d holds", swept)
+            except Exception:  # a database outage must not end the sweeper for good
+                log.exception("sweep failed; retrying")
+            await asyncio.sleep(self._interval)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Sweeper]:
+        task = asyncio.create_task(self.run(), name="hold-sweeper")
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

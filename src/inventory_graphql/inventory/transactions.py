@@ -1,0 +1,46 @@
+"""Running a unit of work in one transaction, retried when PostgreSQL asks for it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+import asyncpg
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Deadlocks and serialization failures are PostgreSQL saying "try again"; a client
+# must never see them.
+RETRIABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+ATTEMPTS = 8
+
+
+class Rollback(Exception, Generic[R]):
+    """Raised inside a unit of work to undo it and hand `result` to the caller."""
+
+    def __init__(self, result: R) -> None:
+        super().__init__()
+        self.result = result
+
+
+async def in_transaction(
+    pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> T:
+    """Run `work` in a transaction; retry on deadlock or serialization failure.
+
+    `work` may raise `Rollback(result)` to undo everything and return `result`.
+    """
+    for attempt in range(ATTEMPTS):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                return await work(conn)
+        except Rollback as rollback:
+            return rollback.result
+        except RETRIABLE:
+            if attempt == ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+    raise AssertionError("unreachable")
