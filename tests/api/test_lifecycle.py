@@ -174,13 +174,14 @@ async def test_adjust_stock_restock_and_write_off(gql, db, make_product):
 
 async def test_get_serves_queries(gql, make_product):
     sku = await make_product(2)
-    response = await gql.http.get(
-        "/graphql", params={"query": "query($s: String!) { product(sku: $s) { available } }",
-                            "variables": f'{{"s": "{sku}"}}'}
-    )
-    assert response.json() == {"data": {"product": {"available": 2}}}
+    params = {
+        "query": "query($s: String!) { product(sku: $s) { available } }",
+        "variables": f'{{"s": "{sku}"}}',
+    }
+    async with gql.http.get("/graphql", params=params) as response:
+        assert await response.json() == {"data": {"product": {"available": 2}}}
 
 
 async def test_graphiql_served_to_browsers(gql):
-    response = await gql.http.get("/graphql", headers={"accept": "text/html"})
-    assert response.status_code == 200 and "graphiql" in response.text.lower()
+    async with gql.http.get("/graphql", headers={"accept": "text/html"}) as response:
+        assert response.status == 200 and "graphiql" in (await response.text()).lower()
