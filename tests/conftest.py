@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import aiohttp
+import asyncpg
 import pytest
 
 from inventory_graphql.config import Settings
@@ -96,7 +96,9 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}")
             try:
-                with urllib.request.urlopen(f"{self.url}/graphql?query=%7B__typename%7D", timeout=1):
+                with urllib.request.urlopen(
+                    f"{self.url}/graphql?query=%7B__typename%7D", timeout=1
+                ):
                     return
             except OSError:
                 pass

@@ -20,7 +20,12 @@ async def test_2000_shoppers_100_units_exactly_100_win(gql, db, make_product):
     assert outcomes == {"Reservation": 100, "InsufficientStock": 1900}
     ids = {r["reserve"]["id"] for r in results if r["reserve"]["__typename"] == "Reservation"}
     assert len(ids) == 100
-    assert await stock(db, sku) == {"quantity": 100, "reserved": 100, "available": 0, "version": 101}
+    assert await stock(db, sku) == {
+        "quantity": 100,
+        "reserved": 100,
+        "available": 0,
+        "version": 101,
+    }
     held = await db.fetchval(
         "SELECT sum(l.quantity) FROM reservation_line l JOIN product p ON p.id = l.product_id "
         "WHERE p.sku = $1",

@@ -15,15 +15,15 @@ async def test_50_concurrent_calls_with_one_key_create_one_hold(gql, db, make_pr
     key = f"order-{uuid.uuid4()}"
     lines = [{"sku": sku, "quantity": 2}]
 
-    results = await asyncio.gather(
-        *(gql.execute(RESERVE, lines=lines, key=key) for _ in range(50))
-    )
+    results = await asyncio.gather(*(gql.execute(RESERVE, lines=lines, key=key) for _ in range(50)))
 
     assert Counter(r["reserve"]["__typename"] for r in results) == {"Reservation": 50}
     assert len({r["reserve"]["id"] for r in results}) == 1
     assert (await stock(db, sku))["reserved"] == 2
     assert await ledger(db, sku) == [("CREATE", 100, 0), ("RESERVE", 0, 2)]
-    assert await db.fetchval("SELECT count(*) FROM reservation WHERE idempotency_key = $1", key) == 1
+    assert (
+        await db.fetchval("SELECT count(*) FROM reservation WHERE idempotency_key = $1", key) == 1
+    )
     assert (await check(db)).ok
 
 

@@ -129,7 +129,9 @@ async def test_multi_line_cart_is_all_or_nothing(gql, db, make_product):
     assert sorted((line["sku"], line["quantity"]) for line in held["lines"]) == sorted(
         [(plenty, 2), (scarce, 1)]
     )
-    assert (await stock(db, plenty))["reserved"] == 2 and (await stock(db, scarce))["available"] == 0
+    assert (await stock(db, plenty))["reserved"] == 2 and (await stock(db, scarce))[
+        "available"
+    ] == 0
 
 
 async def test_reservation_query_shows_lines_with_products(gql, make_product):

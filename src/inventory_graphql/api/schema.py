@@ -86,6 +86,7 @@ schema = strawberry.Schema(
     query=Query,
     mutation=Mutation,
     # Parsing and validating are most of a request's cost; clients that send one document
-    # with variables hit these caches every time.
-    extensions=[ParserCache(maxsize=256), ValidationCache(maxsize=256)],
+    # with variables hit these caches every time. (Factories: the caches themselves are
+    # shared module-level LRUs in Strawberry, the extension objects are per request.)
+    extensions=[lambda: ParserCache(maxsize=256), lambda: ValidationCache(maxsize=256)],
 )

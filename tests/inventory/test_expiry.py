@@ -1,0 +1,120 @@
+"""Expiry without the HTTP layer, so the tests decide when the sweeper runs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from inventory_graphql.inventory.models import (
+    LineRequest,
+    Reservation,
+    ReservationNotPending,
+    ReservationStatus,
+)
+from inventory_graphql.inventory.sweeper import Sweeper
+from tests.conftest import check, ledger, stock
+
+
+async def test_confirm_after_expiry_expires_the_hold_instead(service, db, make_product):
+    sku = await make_product(3)
+    held = await service.reservations.reserve([LineRequest(sku, 2)], ttl_seconds=1)
+    assert isinstance(held, Reservation)
+    await asyncio.sleep(1.1)  # past expiry; no sweeper runs in this process
+
+    outcome = await service.reservations.confirm(held.id)
+
+    assert outcome == ReservationNotPending(held.id, ReservationStatus.EXPIRED)
+    assert await stock(db, sku) == {"quantity": 3, "reserved": 0, "available": 3, "version": 3}
+    assert await ledger(db, sku) == [("CREATE", 3, 0), ("RESERVE", 0, 2), ("EXPIRE", 0, -2)]
+
+
+async def test_release_after_expiry_answers_the_expired_hold(service, db, make_product):
+    sku = await make_product(3)
+    held = await service.reservations.reserve([LineRequest(sku, 1)], ttl_seconds=1)
+    await asyncio.sleep(1.1)
+
+    outcome = await service.reservations.release(held.id)
+
+    assert isinstance(outcome, Reservation) and outcome.status is ReservationStatus.EXPIRED
+    assert (await stock(db, sku))["reserved"] == 0
+
+
+async def test_sweepers_in_several_processes_expire_each_hold_once(database_url, db, make_product):
+    """Two sweepers with their own pools (as two server processes would) share a backlog."""
+    import asyncpg
+
+    from inventory_graphql.config import Settings
+    from inventory_graphql.inventory.service import InventoryService
+
+    skus = [await make_product(1000) for _ in range(3)]
+    pools = [await asyncpg.create_pool(database_url, min_size=1, max_size=2) for _ in range(2)]
+    services = [InventoryService.from_pool(p, Settings()) for p in pools]
+    try:
+        for i in range(300):
+            outcome = await services[i % 2].reservations.reserve(
+                [LineRequest(skus[i % 3], 1), LineRequest(skus[(i + 1) % 3], 2)], ttl_seconds=1
+            )
+            assert isinstance(outcome, Reservation)
+        await asyncio.sleep(1.1)
+        sweepers = [Sweeper(s.reservations, interval=0.05, batch_size=20) for s in services]
+
+        swept = await asyncio.gather(*(s.sweep_once() for s in sweepers))
+
+        assert sum(swept) >= 300  # other tests' due holds may be swept too
+        assert all(n > 0 for n in swept), "both sweepers took part"
+        for sku in skus:
+            assert (await stock(db, sku))["reserved"] == 0
+            # Each product is on 200 of the 300 carts: one EXPIRE row per line, no more.
+            assert [k for k, *_ in await ledger(db, sku)].count("EXPIRE") == 200
+        assert (await check(db)).ok
+    finally:
+        for pool in pools:
+            await pool.close()
+
+
+async def test_a_backlog_of_100000_drains_in_batches_while_reserving(service, db, make_product):
+    hot, other = await make_product(200_000), await make_product(10_000)
+    # 100,000 holds already past expiry, made in bulk the way reserve would make them.
+    await db.execute(
+        """
+        WITH r AS (
+            INSERT INTO reservation (created_at, expires_at)
+            SELECT now() - interval '2 hours', now() - interval '1 hour'
+            FROM generate_series(1, 100000)
+            RETURNING id
+        ), l AS (
+            INSERT INTO reservation_line (reservation_id, product_id, quantity)
+            SELECT r.id, p.id, 1 FROM r, product p WHERE p.sku = $1
+            RETURNING reservation_id, product_id, quantity
+        ), m AS (
+            INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta,
+                                        reservation_id)
+            SELECT product_id, 'RESERVE', 0, quantity, reservation_id FROM l
+        )
+        UPDATE product SET reserved = reserved + 100000 WHERE sku = $1
+        """,
+        hot,
+    )
+    assert (await stock(db, hot))["reserved"] == 100_000
+    sweeper = Sweeper(service.reservations, interval=0.05, batch_size=500)
+    drain = asyncio.create_task(sweeper.sweep_once())
+
+    # Reservations on the same hot product and on another keep succeeding mid-drain.
+    made = {hot: 0, other: 0}
+    made_during_drain = 0
+    while not drain.done():
+        for sku in (hot, other):
+            outcome = await service.reservations.reserve([LineRequest(sku, 1)], ttl_seconds=600)
+            assert isinstance(outcome, Reservation)
+            made[sku] += 1
+            made_during_drain += not drain.done()
+    swept = await drain
+
+    assert swept >= 100_000
+    assert made_during_drain >= 10, "reservations were stalled by the drain"
+    assert (await stock(db, hot))["reserved"] == made[hot]
+    assert (await stock(db, other))["reserved"] == made[other]
+    pending = await db.fetchval(
+        "SELECT count(*) FROM reservation WHERE status = 'PENDING' AND expires_at < now()"
+    )
+    assert pending == 0
+    assert (await check(db)).ok

@@ -1,0 +1,33 @@
+"""The committed schema.graphql is the schema the server serves."""
+
+from __future__ import annotations
+
+from inventory_graphql.api.schema import schema
+from tests.conftest import ROOT
+
+
+def test_committed_schema_matches_the_code():
+    committed = (ROOT / "schema.graphql").read_text()
+    assert committed == schema.as_str() + "\n", (
+        "schema.graphql is stale: run `inventory-graphql export-schema --output schema.graphql`"
+    )
+
+
+def test_public_contract_names_are_present():
+    sdl = schema.as_str()
+    for line in (
+        "reserve(lines: [ReserveLineInput!]!, ttlSeconds: Int, idempotencyKey: String): "
+        "ReserveResult!",
+        "confirm(id: ID!): ResolveResult!",
+        "release(id: ID!): ResolveResult!",
+        "createProduct(sku: String!, name: String!, quantity: Int!): ProductResult!",
+        "adjustStock(sku: String!, delta: Int!, reason: String!): ProductResult!",
+        "product(sku: String!): Product",
+        "products(skus: [String!], first: Int = 100): [Product!]!",
+        "reservation(id: ID!): Reservation",
+        "union ReserveResult = Reservation | InsufficientStock | ProductNotFound | InvalidInput | "
+        "IdempotencyKeyReused",
+        "union ResolveResult = Reservation | ReservationNotFound | ReservationNotPending",
+        "union ProductResult = Product | ProductNotFound | ProductExists | InvalidInput",
+    ):
+        assert line in sdl
