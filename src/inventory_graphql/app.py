@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+from broadcaster import Broadcast
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
@@ -13,9 +15,14 @@ from inventory_graphql.config import Settings
 from inventory_graphql.database import connect_pool, migrate
 from inventory_graphql.inventory.service import InventoryService
 from inventory_graphql.inventory.sweeper import Sweeper
+from inventory_graphql.live.hub import AvailabilityHub
+from inventory_graphql.live.listener import ReconnectingPostgresBackend
+from inventory_graphql.metrics import StateCollector, metrics_endpoint
 
 
 def create_app(settings: Settings, database_url: str) -> Starlette:
+    registry = CollectorRegistry()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
         async with connect_pool(database_url, settings.pool_size) as pool:
@@ -25,14 +32,56 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             sweeper = Sweeper(
                 service.reservations, settings.sweep_interval_seconds, settings.sweep_batch_size
             )
-            async with sweeper.running():
-                yield {"service": service, "sweeper": sweeper}
+            listener = ReconnectingPostgresBackend(database_url)
+            async with Broadcast(backend=listener) as broadcast:
+                hub = AvailabilityHub(broadcast, service.catalog)
+                collector = StateCollector(
+                    {
+                        "inventory_active_subscriptions": (
+                            "gauge",
+                            "availability subscriptions open",
+                            lambda: hub.subscriptions,
+                        ),
+                        "inventory_watched_skus": (
+                            "gauge",
+                            "skus with at least one subscriber",
+                            lambda: hub.watched_skus,
+                        ),
+                        "inventory_pending_updates": (
+                            "gauge",
+                            "updates waiting for subscribers to read them (latest per sku)",
+                            lambda: hub.pending_updates,
+                        ),
+                        "inventory_listener_connected": (
+                            "gauge",
+                            "1 when the LISTEN connection is up",
+                            lambda: float(listener.connected),
+                        ),
+                        "inventory_listener_reconnects": (
+                            "counter",
+                            "LISTEN connection reconnects",
+                            lambda: listener.reconnects,
+                        ),
+                        "inventory_expired_holds": (
+                            "counter",
+                            "holds expired by this process's sweeper",
+                            lambda: sweeper.expired_total,
+                        ),
+                    }
+                )
+                registry.register(collector)
+                try:
+                    async with sweeper.running(), hub.running():
+                        yield {"service": service, "hub": hub, "sweeper": sweeper}
+                finally:
+                    registry.unregister(collector)
 
-    graphql = graphql_endpoint()
+    graphql = graphql_endpoint(settings.max_subscriptions_per_connection)
     return Starlette(
         routes=[
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
+            Route("/metrics", metrics_endpoint(registry)),
         ],
         lifespan=lifespan,
     )

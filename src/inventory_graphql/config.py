@@ -28,6 +28,7 @@ class Settings:
     pool_size: int = 8
     sweep_interval_seconds: float = 0.5
     sweep_batch_size: int = 500
+    max_subscriptions_per_connection: int = 16
     # How far past expiry a PENDING hold may be before `check` calls it a fault.
     overdue_grace_seconds: float = 5.0
 
@@ -45,6 +46,11 @@ class Settings:
                 env, "INVENTORY_SWEEP_INTERVAL_SECONDS", defaults.sweep_interval_seconds
             ),
             sweep_batch_size=_int(env, "INVENTORY_SWEEP_BATCH_SIZE", defaults.sweep_batch_size),
+            max_subscriptions_per_connection=_int(
+                env,
+                "INVENTORY_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+                defaults.max_subscriptions_per_connection,
+            ),
             overdue_grace_seconds=_float(
                 env, "INVENTORY_OVERDUE_GRACE_SECONDS", defaults.overdue_grace_seconds
             ),

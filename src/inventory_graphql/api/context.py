@@ -11,6 +11,7 @@ from strawberry.dataloader import DataLoader
 
 from inventory_graphql.inventory import models
 from inventory_graphql.inventory.service import InventoryService
+from inventory_graphql.live.hub import AvailabilityHub
 
 
 @dataclass
@@ -18,6 +19,7 @@ class Context:
     request: HTTPConnection
     response: Response | None
     service: InventoryService
+    hub: AvailabilityHub
     products: DataLoader[str, models.Product | None] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -11,6 +11,7 @@ from strawberry.extensions import ParserCache, ValidationCache
 
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.outcomes import ProductResult, ReserveResult, ResolveResult, to_graphql
+from inventory_graphql.api.subscriptions import Subscription
 from inventory_graphql.api.types import Product, Reservation, ReserveLineInput
 from inventory_graphql.inventory.models import LineRequest
 
@@ -85,6 +86,7 @@ class Mutation:
 schema = strawberry.Schema(
     query=Query,
     mutation=Mutation,
+    subscription=Subscription,
     # Parsing and validating are most of a request's cost; clients that send one document
     # with variables hit these caches every time. (Factories: the caches themselves are
     # shared module-level LRUs in Strawberry, the extension objects are per request.)

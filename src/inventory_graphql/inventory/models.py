@@ -19,6 +19,21 @@ class ReservationStatus(enum.Enum):
 
 
 @dataclass(frozen=True)
+class StockLevel:
+    """A product's numbers at one version: what live availability updates carry."""
+
+    sku: str
+    quantity: int
+    reserved: int
+    version: int
+    updated_at: datetime
+
+    @property
+    def available(self) -> int:
+        return self.quantity - self.reserved
+
+
+@dataclass(frozen=True)
 class Product:
     sku: str
     name: str
@@ -30,6 +45,10 @@ class Product:
     @property
     def available(self) -> int:
         return self.quantity - self.reserved
+
+    @property
+    def stock_level(self) -> StockLevel:
+        return StockLevel(self.sku, self.quantity, self.reserved, self.version, self.updated_at)
 
     @classmethod
     def from_row(cls, row: Any) -> Product:

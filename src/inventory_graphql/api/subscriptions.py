@@ -1,0 +1,68 @@
+"""Live availability over WebSocket (graphql-transport-ws)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from datetime import datetime
+
+import strawberry
+from graphql import GraphQLError
+
+from inventory_graphql.api.context import Context
+from inventory_graphql.inventory import validation
+from inventory_graphql.inventory.models import StockLevel
+
+MAX_SKUS = 100
+
+
+@strawberry.type
+class AvailabilityUpdate:
+    sku: str
+    quantity: int
+    reserved: int
+    available: int
+    version: int
+    updated_at: datetime
+
+    @classmethod
+    def from_domain(cls, level: StockLevel) -> AvailabilityUpdate:
+        return cls(
+            sku=level.sku,
+            quantity=level.quantity,
+            reserved=level.reserved,
+            available=level.available,
+            version=level.version,
+            updated_at=level.updated_at,
+        )
+
+
+def _bad_input(message: str) -> GraphQLError:
+    return GraphQLError(message, extensions={"code": "BAD_USER_INPUT"})
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="The current state of each sku, then every change to it. Per sku, "
+        "versions strictly increase; a slow reader may skip versions, never go back."
+    )
+    async def availability(
+        self, info: strawberry.Info[Context, None], skus: list[str]
+    ) -> AsyncGenerator[AvailabilityUpdate, None]:
+        wanted = list(dict.fromkeys(skus))
+        if not 1 <= len(wanted) <= MAX_SKUS:
+            raise _bad_input(f"skus: give 1 to {MAX_SKUS} skus")
+        if malformed := [sku for sku in wanted if validation.check_sku(sku)]:
+            raise _bad_input(f"skus: malformed {', '.join(malformed[:10])}")
+        context = info.context
+        # Watch first, read second: a change committed in between reaches the mailbox,
+        # and versions sort out which of the two is newer.
+        with context.hub.watch(wanted) as mailbox:
+            products = await context.service.catalog.products(wanted, len(wanted))
+            if unknown := sorted(set(wanted) - {p.sku for p in products}):
+                raise _bad_input(f"unknown skus: {', '.join(unknown[:10])}")
+            for product in products:
+                mailbox.offer(product.stock_level)
+            while True:
+                for level in await mailbox.take():
+                    yield AvailabilityUpdate.from_domain(level)

@@ -1,0 +1,1 @@
+"""Live availability: PostgreSQL NOTIFY -> listener -> hub -> subscriptions."""

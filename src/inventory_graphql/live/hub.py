@@ -1,0 +1,119 @@
+"""Fans availability changes out to the subscribers of this process.
+
+One broadcaster subscription per process feeds the hub; the hub hands each change to the
+mailboxes watching its sku. On a RESYNC (the listener reconnected and may have missed
+notifications) it re-reads every watched sku from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Iterator
+from datetime import datetime
+
+from broadcaster import Broadcast
+
+from inventory_graphql.inventory.catalog import Catalog
+from inventory_graphql.inventory.models import StockLevel
+from inventory_graphql.live.listener import RESYNC
+from inventory_graphql.live.mailbox import Mailbox
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "inventory_availability"  # the channel migration 002's trigger notifies
+
+
+def parse_payload(payload: str) -> list[StockLevel]:
+    """The trigger's payload: a JSON array of [sku, quantity, reserved, version, updated_at]."""
+    return [
+        StockLevel(sku, quantity, reserved, version, datetime.fromisoformat(updated_at))
+        for sku, quantity, reserved, version, updated_at in json.loads(payload)
+    ]
+
+
+class AvailabilityHub:
+    def __init__(self, broadcast: Broadcast, catalog: Catalog) -> None:
+        self._broadcast = broadcast
+        self._catalog = catalog
+        self._watchers: dict[str, set[Mailbox]] = defaultdict(set)
+        self._mailboxes: set[Mailbox] = set()
+        self.resyncs = 0
+
+    @property
+    def subscriptions(self) -> int:
+        return len(self._mailboxes)
+
+    @property
+    def watched_skus(self) -> int:
+        return len(self._watchers)
+
+    @property
+    def pending_updates(self) -> int:
+        return sum(mailbox.pending for mailbox in self._mailboxes)
+
+    @contextlib.contextmanager
+    def watch(self, skus: Iterable[str]) -> Iterator[Mailbox]:
+        """A mailbox that receives every change to `skus` until the block exits."""
+        mailbox = Mailbox(frozenset(skus))
+        self._mailboxes.add(mailbox)
+        for sku in mailbox.skus:
+            self._watchers[sku].add(mailbox)
+        try:
+            yield mailbox
+        finally:
+            self._mailboxes.discard(mailbox)
+            for sku in mailbox.skus:
+                watchers = self._watchers.get(sku)
+                if watchers is not None:
+                    watchers.discard(mailbox)
+                    if not watchers:
+                        del self._watchers[sku]
+
+    def publish(self, levels: Iterable[StockLevel]) -> None:
+        for level in levels:
+            for mailbox in self._watchers.get(level.sku, ()):
+                mailbox.offer(level)
+
+    async def resync(self) -> None:
+        """Push the current state of every watched sku (versions decide what is news)."""
+        self.resyncs += 1
+        skus = list(self._watchers)
+        for start in range(0, len(skus), 1000):
+            chunk = skus[start : start + 1000]
+            products = await self._catalog.products(chunk, len(chunk))
+            self.publish(p.stock_level for p in products)
+
+    async def run(self) -> None:
+        async with self._broadcast.subscribe(CHANNEL) as subscriber:
+            while True:
+                event = await subscriber.get()
+                if event.message == RESYNC:
+                    await self._resync_until_done()
+                    continue
+                try:
+                    self.publish(parse_payload(event.message))
+                except (ValueError, TypeError):  # a hand-made NOTIFY must not stop fan-out
+                    log.exception("ignoring malformed availability payload %r", event.message[:200])
+
+    async def _resync_until_done(self) -> None:
+        for attempt in range(30):
+            try:
+                await self.resync()
+                return
+            except Exception:  # the database may still be coming back
+                log.warning("resync failed (attempt %d); retrying", attempt + 1, exc_info=True)
+                await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[AvailabilityHub]:
+        task = asyncio.create_task(self.run(), name="availability-hub")
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
