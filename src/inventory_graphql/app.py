@@ -28,7 +28,9 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         async with connect_pool(database_url, settings.pool_size) as pool:
             async with pool.acquire() as conn:
                 await migrate(conn)
-            service = InventoryService.from_pool(pool, settings)
+            service = InventoryService.from_pool(
+                pool, settings, coalesce=settings.coalesce_reservations
+            )
             sweeper = Sweeper(
                 service.reservations, settings.sweep_interval_seconds, settings.sweep_batch_size
             )
@@ -62,6 +64,16 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                             "LISTEN connection reconnects",
                             lambda: listener.reconnects,
                         ),
+                        "inventory_reservation_batches": (
+                            "counter",
+                            "coalesced reservation batches (one transaction each)",
+                            lambda: service.coalescer.batches if service.coalescer else 0,
+                        ),
+                        "inventory_batched_reservations": (
+                            "counter",
+                            "reserve requests answered through coalesced batches",
+                            lambda: service.coalescer.batched_requests if service.coalescer else 0,
+                        ),
                         "inventory_expired_holds": (
                             "counter",
                             "holds expired by this process's sweeper",
@@ -71,7 +83,11 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                 )
                 registry.register(collector)
                 try:
-                    async with sweeper.running(), hub.running():
+                    async with contextlib.AsyncExitStack() as running:
+                        if service.coalescer is not None:
+                            await running.enter_async_context(service.coalescer.running())
+                        await running.enter_async_context(sweeper.running())
+                        await running.enter_async_context(hub.running())
                         yield {"service": service, "hub": hub, "sweeper": sweeper}
                 finally:
                     registry.unregister(collector)

@@ -29,6 +29,8 @@ class Settings:
     sweep_interval_seconds: float = 0.5
     sweep_batch_size: int = 500
     max_subscriptions_per_connection: int = 16
+    coalesce_reservations: bool = True
+    max_batch: int = 256
     # How far past expiry a PENDING hold may be before `check` calls it a fault.
     overdue_grace_seconds: float = 5.0
 
@@ -51,6 +53,9 @@ class Settings:
                 "INVENTORY_MAX_SUBSCRIPTIONS_PER_CONNECTION",
                 defaults.max_subscriptions_per_connection,
             ),
+            coalesce_reservations=env.get("INVENTORY_COALESCE_RESERVATIONS", "on").lower()
+            not in ("off", "0", "false", "no"),
+            max_batch=_int(env, "INVENTORY_MAX_BATCH", defaults.max_batch),
             overdue_grace_seconds=_float(
                 env, "INVENTORY_OVERDUE_GRACE_SECONDS", defaults.overdue_grace_seconds
             ),

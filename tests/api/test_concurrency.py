@@ -20,12 +20,10 @@ async def test_2000_shoppers_100_units_exactly_100_win(gql, db, make_product):
     assert outcomes == {"Reservation": 100, "InsufficientStock": 1900}
     ids = {r["reserve"]["id"] for r in results if r["reserve"]["__typename"] == "Reservation"}
     assert len(ids) == 100
-    assert await stock(db, sku) == {
-        "quantity": 100,
-        "reserved": 100,
-        "available": 0,
-        "version": 101,
-    }
+    after = await stock(db, sku)
+    assert (after["quantity"], after["reserved"], after["available"]) == (100, 100, 0)
+    # One version per change to the row: per reservation, or per batch when coalesced.
+    assert 1 < after["version"] <= 101
     held = await db.fetchval(
         "SELECT sum(l.quantity) FROM reservation_line l JOIN product p ON p.id = l.product_id "
         "WHERE p.sku = $1",

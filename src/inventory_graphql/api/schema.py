@@ -61,7 +61,7 @@ class Mutation:
         idempotency_key: str | None = UNSET,
     ) -> ReserveResult:
         requested = [LineRequest(line.sku, line.quantity) for line in lines]
-        outcome = await info.context.service.reservations.reserve(
+        outcome = await info.context.service.reserve(
             requested, _given(ttl_seconds), _given(idempotency_key)
         )
         return to_graphql(outcome)

@@ -135,6 +135,44 @@ async def settle(
     await conn.execute(SETTLE, ids, _MOVEMENT_OF[status], status is ReservationStatus.CONFIRMED)
 
 
+class Shortage(Exception):
+    """A line could not be held; the caller must roll back what was already held."""
+
+
+async def hold_lines(
+    conn: asyncpg.Connection,
+    lines: Sequence[LineRequest],
+    ttl_seconds: float,
+    idempotency_key: str | None = None,
+) -> Reservation | None:
+    """Hold every line in the caller's transaction, locking products in sku order.
+
+    Returns None, having changed nothing, when the idempotency key is already taken.
+    Raises Shortage when a line is short or unknown.
+    """
+    created = await conn.fetchrow(INSERT_RESERVATION, idempotency_key, float(ttl_seconds))
+    if created is None:
+        return None
+    in_lock_order = sorted(lines, key=lambda line: line.sku)
+    product_ids = []
+    for line in in_lock_order:
+        product_id = await conn.fetchval(RESERVE_LINE, line.quantity, line.sku)
+        if product_id is None:
+            raise Shortage(line.sku)
+        product_ids.append(product_id)
+    await conn.execute(
+        INSERT_LINES, created["id"], product_ids, [line.quantity for line in in_lock_order]
+    )
+    return Reservation(
+        id=str(created["id"]),
+        status=ReservationStatus.PENDING,
+        lines=tuple(ReservationLine(line.sku, line.quantity) for line in in_lock_order),
+        created_at=created["created_at"],
+        expires_at=created["expires_at"],
+        resolved_at=None,
+    )
+
+
 def _reservation_from_row(row: asyncpg.Record) -> Reservation:
     return Reservation(
         id=str(row["id"]),
@@ -154,10 +192,22 @@ def _same_lines(reservation: Reservation, lines: Sequence[LineRequest]) -> bool:
     return held == sorted((line.sku, line.quantity) for line in lines)
 
 
+def explain_shortage(
+    lines: Sequence[LineRequest], available: dict[str, int]
+) -> ProductNotFound | InsufficientStock | None:
+    """The first line, in the caller's order, that `available` cannot cover."""
+    for line in lines:
+        if line.sku not in available:
+            return ProductNotFound(line.sku)
+        if available[line.sku] < line.quantity:
+            return InsufficientStock(line.sku, line.quantity, available[line.sku])
+    return None
+
+
 class Reservations:
     def __init__(self, pool: asyncpg.Pool, default_ttl_seconds: int) -> None:
         self._pool = pool
-        self._default_ttl = default_ttl_seconds
+        self.default_ttl = default_ttl_seconds
 
     async def get(self, reservation_id: str) -> Reservation | None:
         rid = validation.parse_reservation_id(reservation_id)
@@ -175,30 +225,16 @@ class Reservations:
         """Hold every line or none of them."""
         if invalid := validation.check_reserve(lines, ttl_seconds, idempotency_key):
             return invalid
-        ttl = self._default_ttl if ttl_seconds is None else ttl_seconds
-        in_lock_order = sorted(lines, key=lambda line: line.sku)
+        ttl = self.default_ttl if ttl_seconds is None else ttl_seconds
 
         async def hold(conn: asyncpg.Connection) -> ReserveOutcome | None:
-            created = await conn.fetchrow(INSERT_RESERVATION, idempotency_key, float(ttl))
-            if created is None:
+            try:
+                held = await hold_lines(conn, lines, ttl, idempotency_key)
+            except Shortage:
+                raise Rollback(None) from None  # short or unknown: explained after the rollback
+            if held is None:
                 raise Rollback(await self._replay(conn, idempotency_key, lines))
-            product_ids = []
-            for line in in_lock_order:
-                product_id = await conn.fetchval(RESERVE_LINE, line.quantity, line.sku)
-                if product_id is None:
-                    raise Rollback(None)  # short or unknown: explained after the rollback
-                product_ids.append(product_id)
-            await conn.execute(
-                INSERT_LINES, created["id"], product_ids, [line.quantity for line in in_lock_order]
-            )
-            return Reservation(
-                id=str(created["id"]),
-                status=ReservationStatus.PENDING,
-                lines=tuple(ReservationLine(line.sku, line.quantity) for line in in_lock_order),
-                created_at=created["created_at"],
-                expires_at=created["expires_at"],
-                resolved_at=None,
-            )
+            return held
 
         while True:
             outcome = await in_transaction(self._pool, hold)
@@ -220,15 +256,8 @@ class Reservations:
     async def _explain_shortage(
         self, lines: Sequence[LineRequest]
     ) -> ProductNotFound | InsufficientStock | None:
-        """The first line, in the caller's order, that cannot be held now."""
         rows = await self._pool.fetch(AVAILABLE, [line.sku for line in lines])
-        available = {r["sku"]: r["available"] for r in rows}
-        for line in lines:
-            if line.sku not in available:
-                return ProductNotFound(line.sku)
-            if available[line.sku] < line.quantity:
-                return InsufficientStock(line.sku, line.quantity, available[line.sku])
-        return None
+        return explain_shortage(lines, {r["sku"]: r["available"] for r in rows})
 
     async def confirm(self, reservation_id: str) -> ResolveOutcome:
         """Payment went through: the held units leave the stock."""

@@ -1,0 +1,230 @@
+"""Coalesced reservations: many shoppers, one transaction.
+
+A hot product's row lock is held until commit, WAL flush included, so one reservation per
+transaction tops out near 1 / commit latency, and every notifying commit takes a global
+lock. Here requests queue in the process; while one batch is in the database the next
+one fills, and a batch is one transaction: each product is locked once (in sku order, so
+nothing deadlocks), single-line requests are granted by one set-based statement, and the
+whole batch commits (and NOTIFYs) once. No timer: an idle service runs a batch of one at
+once.
+
+Each request still gets its own answer, all-or-nothing, FIFO within a product. The
+database still makes every decision under its row locks; Python only routes answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from itertools import groupby
+
+import asyncpg
+
+from inventory_graphql.inventory import validation
+from inventory_graphql.inventory.models import (
+    LineRequest,
+    Reservation,
+    ReservationLine,
+    ReservationStatus,
+    ReserveOutcome,
+)
+from inventory_graphql.inventory.reservations import (
+    AVAILABLE,
+    Reservations,
+    Shortage,
+    explain_shortage,
+    hold_lines,
+)
+from inventory_graphql.inventory.transactions import in_transaction
+
+log = logging.getLogger(__name__)
+
+LOCK_SKUS = "SELECT id FROM product WHERE sku = any($1::text[]) ORDER BY sku FOR UPDATE"
+
+# Grants single-line requests in FIFO order per product: a request is granted when it and
+# every request before it for the same product fit in what is available. The products are
+# already locked by this transaction, so the numbers read here are the current ones.
+GRANT_SINGLES = """
+WITH request AS (
+    SELECT * FROM unnest($1::text[], $2::int[], $3::uuid[], $4::float8[]) WITH ORDINALITY
+        AS r(sku, quantity, id, ttl, ord)
+), fifo AS (
+    SELECT r.*, p.id AS product_id,
+           sum(r.quantity) OVER (PARTITION BY p.id ORDER BY r.ord) AS wanted_so_far,
+           p.quantity - p.reserved AS available
+    FROM request r JOIN product p ON p.sku = r.sku
+), granted AS (
+    SELECT * FROM fifo WHERE wanted_so_far <= available
+), held AS (
+    UPDATE product p SET reserved = p.reserved + g.quantity, updated_at = now()
+    FROM (SELECT product_id, sum(quantity)::int AS quantity FROM granted GROUP BY product_id) g
+    WHERE p.id = g.product_id
+), hold AS (
+    INSERT INTO reservation (id, expires_at)
+    SELECT id, now() + make_interval(secs => ttl) FROM granted
+    RETURNING id, created_at, expires_at
+), line AS (
+    INSERT INTO reservation_line (reservation_id, product_id, quantity)
+    SELECT id, product_id, quantity FROM granted
+), movement AS (
+    INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reservation_id)
+    SELECT product_id, 'RESERVE', 0, quantity, id FROM granted
+)
+SELECT g.ord, h.created_at, h.expires_at
+FROM granted g JOIN hold h ON h.id = g.id
+"""
+
+
+@dataclass(eq=False)
+class _Request:
+    lines: Sequence[LineRequest]
+    ttl: int
+    future: asyncio.Future[ReserveOutcome]
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    @property
+    def single(self) -> bool:
+        return len(self.lines) == 1
+
+
+class ReservationCoalescer:
+    def __init__(self, pool: asyncpg.Pool, reservations: Reservations, max_batch: int) -> None:
+        self._pool = pool
+        self._reservations = reservations
+        self._max_batch = max_batch
+        self._queue: list[_Request] = []
+        self._wake = asyncio.Event()
+        self.batches = 0
+        self.batched_requests = 0
+
+    async def reserve(
+        self,
+        lines: Sequence[LineRequest],
+        ttl_seconds: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> ReserveOutcome:
+        if invalid := validation.check_reserve(lines, ttl_seconds, idempotency_key):
+            return invalid
+        if idempotency_key is not None:
+            # A keyed reserve may wait on another transaction's uncommitted key; inside a
+            # batch that already holds product locks, that wait could deadlock.
+            return await self._reservations.reserve(lines, ttl_seconds, idempotency_key)
+        ttl = self._reservations.default_ttl if ttl_seconds is None else ttl_seconds
+        request = _Request(tuple(lines), ttl, asyncio.get_running_loop().create_future())
+        self._queue.append(request)
+        self._wake.set()
+        return await request.future
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[ReservationCoalescer]:
+        task = asyncio.create_task(self._run(), name="reservation-coalescer")
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for request in self._queue:  # shutting down: nothing was held for these
+                if not request.future.done():
+                    request.future.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                await self._answer(batch)
+
+    async def _answer(self, batch: list[_Request]) -> None:
+        self.batches += 1
+        self.batched_requests += len(batch)
+        try:
+            outcomes = await in_transaction(self._pool, lambda conn: self._hold(conn, batch))
+        except Exception:
+            # One request must not fail the others: answer each on its own.
+            log.exception("batch of %d failed; answering its requests one by one", len(batch))
+            await asyncio.gather(*(self._answer_alone(request) for request in batch))
+            return
+        for request, outcome in zip(batch, outcomes, strict=True):
+            if not request.future.done():
+                request.future.set_result(outcome)
+
+    async def _answer_alone(self, request: _Request) -> None:
+        try:
+            outcome = await self._reservations.reserve(request.lines, request.ttl)
+        except Exception as error:
+            if not request.future.done():
+                request.future.set_exception(error)
+        else:
+            if not request.future.done():
+                request.future.set_result(outcome)
+
+    async def _hold(self, conn: asyncpg.Connection, batch: list[_Request]) -> list[ReserveOutcome]:
+        skus = sorted({line.sku for request in batch for line in request.lines})
+        await conn.execute(LOCK_SKUS, skus)
+        held: dict[_Request, Reservation] = {}
+        # FIFO: runs of single-line requests go through one statement, carts one by one.
+        for single, run in groupby(batch, key=lambda request: request.single):
+            if single:
+                held.update(await self._hold_singles(conn, list(run)))
+            else:
+                for cart in run:
+                    if reservation := await self._hold_cart(conn, cart):
+                        held[cart] = reservation
+        rows = await conn.fetch(AVAILABLE, skus)
+        available = {r["sku"]: r["available"] for r in rows}
+        outcomes: list[ReserveOutcome] = []
+        for request in batch:
+            outcome = held.get(request) or explain_shortage(request.lines, available)
+            assert outcome is not None, "a refused request always has a short line"
+            outcomes.append(outcome)
+        return outcomes
+
+    async def _hold_singles(
+        self, conn: asyncpg.Connection, requests: list[_Request]
+    ) -> dict[_Request, Reservation]:
+        held: dict[_Request, Reservation] = {}
+        while requests:
+            rows = await conn.fetch(
+                GRANT_SINGLES,
+                [r.lines[0].sku for r in requests],
+                [r.lines[0].quantity for r in requests],
+                [r.id for r in requests],
+                [float(r.ttl) for r in requests],
+            )
+            for row in rows:
+                request = requests[row["ord"] - 1]
+                line = request.lines[0]
+                held[request] = Reservation(
+                    id=str(request.id),
+                    status=ReservationStatus.PENDING,
+                    lines=(ReservationLine(line.sku, line.quantity),),
+                    created_at=row["created_at"],
+                    expires_at=row["expires_at"],
+                    resolved_at=None,
+                )
+            # A request refused only because a larger one before it did not fit may still
+            # fit: another pass, in order, for those that fit what is left on their own.
+            # Each pass grants at least the first of them per product, so this ends.
+            refused = [r for r in requests if r not in held]
+            if not refused:
+                break
+            left = await conn.fetch(AVAILABLE, list({r.lines[0].sku for r in refused}))
+            available = {row["sku"]: row["available"] for row in left}
+            requests = [
+                r for r in refused if r.lines[0].quantity <= available.get(r.lines[0].sku, 0)
+            ]
+        return held
+
+    async def _hold_cart(self, conn: asyncpg.Connection, cart: _Request) -> Reservation | None:
+        try:
+            async with conn.transaction():  # a savepoint: a short cart undoes only itself
+                return await hold_lines(conn, cart.lines, cart.ttl)
+        except Shortage:
+            return None

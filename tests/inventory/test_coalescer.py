@@ -1,0 +1,123 @@
+"""Coalesced reservations: one transaction per batch, each request its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+
+import pytest
+
+from inventory_graphql.inventory.coalescer import ReservationCoalescer
+from inventory_graphql.inventory.models import (
+    InsufficientStock,
+    LineRequest,
+    ProductNotFound,
+    Reservation,
+)
+from tests.conftest import check, ledger, stock
+
+
+@pytest.fixture
+async def coalescer(service):
+    running = ReservationCoalescer(service.pool, service.reservations, max_batch=256)
+    async with running.running():
+        yield running
+
+
+async def test_requests_queued_together_share_one_transaction(coalescer, db, make_product):
+    sku = await make_product(3)
+    # Queued in one tick, so they form one batch: FIFO, each refused one answered alone.
+    outcomes = await asyncio.gather(
+        coalescer.reserve([LineRequest(sku, 2)]),
+        coalescer.reserve([LineRequest(sku, 2)]),  # does not fit after the first
+        coalescer.reserve([LineRequest(sku, 1)]),  # fits: FIFO does not block it
+        coalescer.reserve([LineRequest("NOPE-none", 1)]),
+        coalescer.reserve([LineRequest(sku, 1)]),  # sold out by now
+    )
+    assert coalescer.batches == 1 and coalescer.batched_requests == 5
+    assert isinstance(outcomes[0], Reservation) and isinstance(outcomes[2], Reservation)
+    assert outcomes[1] == InsufficientStock(sku, 2, 0)
+    assert outcomes[3] == ProductNotFound("NOPE-none")
+    assert outcomes[4] == InsufficientStock(sku, 1, 0)
+    assert await stock(db, sku) == {"quantity": 3, "reserved": 3, "available": 0, "version": 3}
+    assert await ledger(db, sku) == [("CREATE", 3, 0), ("RESERVE", 0, 2), ("RESERVE", 0, 1)]
+    assert (await check(db)).ok
+
+
+async def test_an_idle_service_answers_a_lone_request_in_a_batch_of_one(coalescer, make_product):
+    sku = await make_product(1)
+    assert isinstance(await coalescer.reserve([LineRequest(sku, 1)]), Reservation)
+    assert (coalescer.batches, coalescer.batched_requests) == (1, 1)
+
+
+async def test_carts_in_a_batch_are_all_or_nothing_in_fifo_order(coalescer, db, make_product):
+    a, b = await make_product(3), await make_product(1)
+    outcomes = await asyncio.gather(
+        coalescer.reserve([LineRequest(a, 1)]),
+        coalescer.reserve([LineRequest(b, 1), LineRequest(a, 1)]),  # takes the last b
+        coalescer.reserve([LineRequest(a, 1), LineRequest(b, 1)]),  # b is gone: nothing held
+        coalescer.reserve([LineRequest(a, 1)]),  # the last a
+    )
+    assert coalescer.batches == 1
+    kinds = [type(o).__name__ for o in outcomes]
+    assert kinds == ["Reservation", "Reservation", "InsufficientStock", "Reservation"]
+    # Answers describe stock as the batch leaves it: by then a is gone too, and a is
+    # the cart's first line.
+    assert outcomes[2] == InsufficientStock(a, 1, 0)
+    assert (await stock(db, a))["reserved"] == 3 and (await stock(db, b))["reserved"] == 1
+    assert (await check(db)).ok
+
+
+async def test_a_failing_batch_does_not_fail_its_requests(coalescer, db, make_product, monkeypatch):
+    sku = await make_product(2)
+
+    async def broken(conn, requests):
+        raise RuntimeError("simulated failure inside the batch transaction")
+
+    monkeypatch.setattr(coalescer, "_hold_singles", broken)
+    outcomes = await asyncio.gather(*(coalescer.reserve([LineRequest(sku, 1)]) for _ in range(3)))
+
+    assert Counter(type(o).__name__ for o in outcomes) == {
+        "Reservation": 2,
+        "InsufficientStock": 1,
+    }
+    assert (await stock(db, sku))["reserved"] == 2
+    assert (await check(db)).ok
+
+
+async def test_mixed_singles_and_carts_on_hot_products_never_oversell(
+    coalescer, service, db, make_product
+):
+    hot = [await make_product(150) for _ in range(3)]
+    random.seed(11)
+    shapes = []
+    for _ in range(900):
+        k = random.choice([1, 1, 1, 2, 3])
+        shapes.append([LineRequest(s, random.randint(1, 2)) for s in random.sample(hot, k)])
+
+    async def shopper(lines):
+        await asyncio.sleep(random.random() / 50)  # arrive spread out, in many batches
+        return await coalescer.reserve(lines, ttl_seconds=600)
+
+    outcomes = await asyncio.gather(*(shopper(lines) for lines in shapes))
+
+    held: Counter[str] = Counter()
+    for lines, outcome in zip(shapes, outcomes, strict=True):
+        assert isinstance(outcome, Reservation | InsufficientStock), outcome
+        if isinstance(outcome, Reservation):
+            assert sorted((x.sku, x.quantity) for x in outcome.lines) == sorted(
+                (x.sku, x.quantity) for x in lines
+            )
+            held.update({line.sku: line.quantity for line in lines})
+    for sku in hot:
+        row = await stock(db, sku)
+        assert row["reserved"] == held[sku] <= 150
+    assert min([(await stock(db, sku))["available"] for sku in hot]) <= 1, "stock ran out"
+    assert coalescer.batches < len(shapes), "requests were coalesced"
+    # Release half, confirm the rest: stock comes back and leaves exactly.
+    for i, outcome in enumerate(o for o in outcomes if isinstance(o, Reservation)):
+        resolve = service.reservations.release if i % 2 else service.reservations.confirm
+        assert isinstance(await resolve(outcome.id), Reservation)
+    assert [(await stock(db, sku))["reserved"] for sku in hot] == [0, 0, 0]
+    assert (await check(db)).ok
