@@ -101,3 +101,11 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         ],
         lifespan=lifespan,
     )
+
+
+def app_from_env() -> Starlette:
+    """The app for `uvicorn --factory` and `serve --workers N`: settings from the environment."""
+    settings = Settings.from_env()
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL must be set for app_from_env")
+    return create_app(settings, settings.database_url)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -65,14 +66,27 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
 
     if args.demo:
         asyncio.run(load_demo_catalog(url))
-    app = create_app(settings, url)
     # uvicorn handles SIGTERM and Ctrl-C: it stops accepting, finishes in-flight requests
     # and runs the lifespan's shutdown. Then it re-raises the signal to the handler it
     # found; a no-op one lets us return, so `database()` stops the embedded PostgreSQL
     # and the process exits 0 instead of dying from the re-raised signal.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    if args.workers == 1:
+        app = create_app(settings, url)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        return 0
+    # Worker processes build their own app (pool, listener, sweeper, coalescer) from the
+    # environment; this process keeps the embedded PostgreSQL, if any, for all of them.
+    os.environ["DATABASE_URL"] = url
+    uvicorn.run(
+        "inventory_graphql.app:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+    )
     return 0
 
 
@@ -105,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--demo", action="store_true", help="load a demo catalog when empty")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="server processes sharing the port (default 1)"
+    )
     serve.add_argument("--log-level", default="info")
     with_database("migrate", "apply database migrations")
     with_database("check", "reconcile stock with the ledger and the holds")
