@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from broadcaster import Broadcast
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import PlainTextResponse
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from inventory_graphql.api.http import graphql_endpoint
 from inventory_graphql.config import Settings
@@ -18,6 +21,17 @@ from inventory_graphql.inventory.sweeper import Sweeper
 from inventory_graphql.live.hub import AvailabilityHub
 from inventory_graphql.live.listener import ReconnectingPostgresBackend
 from inventory_graphql.metrics import StateCollector, metrics_endpoint
+
+
+def demo_routes(demo_dir: Path | None) -> list[BaseRoute]:
+    """The storefront demo at `/`: plain files, no build step, nothing from the internet."""
+    if demo_dir is None or not (demo_dir / "index.html").is_file():
+
+        async def no_demo(request: object) -> PlainTextResponse:
+            return PlainTextResponse("inventory-graphql: GraphQL is at /graphql\n")
+
+        return [Route("/", no_demo)]
+    return [Mount("/", StaticFiles(directory=demo_dir, html=True))]
 
 
 def create_app(settings: Settings, database_url: str) -> Starlette:
@@ -98,6 +112,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Route("/metrics", metrics_endpoint(registry)),
+            *demo_routes(settings.demo_dir),
         ],
         lifespan=lifespan,
     )

@@ -29,6 +29,8 @@ class Settings:
     sweep_interval_seconds: float = 0.5
     sweep_batch_size: int = 500
     max_subscriptions_per_connection: int = 16
+    # The storefront served at `/`: the repository's frontend-demo/ when run from a checkout.
+    demo_dir: Path | None = Path(__file__).resolve().parents[2] / "frontend-demo"
     coalesce_reservations: bool = True
     max_batch: int = 256
     # How far past expiry a PENDING hold may be before `check` calls it a fault.
@@ -53,6 +55,9 @@ class Settings:
                 "INVENTORY_MAX_SUBSCRIPTIONS_PER_CONNECTION",
                 defaults.max_subscriptions_per_connection,
             ),
+            demo_dir=Path(env["INVENTORY_DEMO_DIR"])
+            if env.get("INVENTORY_DEMO_DIR")
+            else defaults.demo_dir,
             coalesce_reservations=env.get("INVENTORY_COALESCE_RESERVATIONS", "on").lower()
             not in ("off", "0", "false", "no"),
             max_batch=_int(env, "INVENTORY_MAX_BATCH", defaults.max_batch),
