@@ -116,7 +116,9 @@ class ServerProcess:
         return self.process.returncode
 
 
-SERVER_ENV = {"INVENTORY_SWEEP_INTERVAL_SECONDS": "0.2"}
+ADMIN_TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+SERVER_ENV = {"INVENTORY_SWEEP_INTERVAL_SECONDS": "0.2", "INVENTORY_ADMIN_TOKEN": ADMIN_TOKEN}
 
 
 @pytest.fixture(scope="session")
@@ -130,6 +132,8 @@ def server(database_url: str) -> Iterator[ServerProcess]:
 
 
 class GraphQLClient:
+    """Sends the admin token, so tests can create and restock products."""
+
     # aiohttp rather than httpx: httpx's client costs ~1-2 ms of CPU per request and
     # slows down further with hundreds of connections, which starved the race tests.
     def __init__(self, http: aiohttp.ClientSession) -> None:
@@ -143,7 +147,7 @@ class GraphQLClient:
 
     async def raw(self, query: str, **variables: Any) -> dict[str, Any]:
         body = {"query": query, "variables": variables}
-        async with self.http.post("/graphql", json=body) as response:
+        async with self.http.post("/graphql", json=body, headers=ADMIN) as response:
             assert response.status == 200, await response.text()
             return await response.json()
 

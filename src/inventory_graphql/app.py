@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from broadcaster import Broadcast
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from inventory_graphql.api.auth import Tokens
 from inventory_graphql.api.http import graphql_endpoint
+from inventory_graphql.api.schema import build_schema
+from inventory_graphql.body_limit import BodySizeLimitMiddleware
 from inventory_graphql.config import Settings
 from inventory_graphql.database import connect_pool, migrate
+from inventory_graphql.health import livez, readyz
 from inventory_graphql.inventory.service import InventoryService
 from inventory_graphql.inventory.sweeper import Sweeper
 from inventory_graphql.live.hub import AvailabilityHub
 from inventory_graphql.live.listener import ReconnectingPostgresBackend
 from inventory_graphql.metrics import StateCollector, metrics_endpoint
+from inventory_graphql.request_id import RequestIdMiddleware
+
+log = logging.getLogger(__name__)
 
 
 def demo_routes(demo_dir: Path | None) -> list[BaseRoute]:
@@ -34,8 +44,67 @@ def demo_routes(demo_dir: Path | None) -> list[BaseRoute]:
     return [Mount("/", StaticFiles(directory=demo_dir, html=True))]
 
 
+def _collector(
+    service: InventoryService,
+    hub: AvailabilityHub,
+    listener: ReconnectingPostgresBackend,
+    sweeper: Sweeper,
+) -> StateCollector:
+    coalescer = service.coalescer
+    return StateCollector(
+        {
+            "inventory_active_subscriptions": (
+                "gauge",
+                "availability subscriptions open",
+                lambda: hub.subscriptions,
+            ),
+            "inventory_watched_skus": (
+                "gauge",
+                "skus with at least one subscriber",
+                lambda: hub.watched_skus,
+            ),
+            "inventory_pending_updates": (
+                "gauge",
+                "updates waiting for subscribers to read them (latest per sku)",
+                lambda: hub.pending_updates,
+            ),
+            "inventory_listener_connected": (
+                "gauge",
+                "1 when the LISTEN connection is up",
+                lambda: float(listener.connected),
+            ),
+            "inventory_listener_reconnects": (
+                "counter",
+                "LISTEN connection reconnects",
+                lambda: listener.reconnects,
+            ),
+            "inventory_reservation_batches": (
+                "counter",
+                "coalesced reservation batches (one transaction each)",
+                lambda: coalescer.batches if coalescer else 0,
+            ),
+            "inventory_batched_reservations": (
+                "counter",
+                "reserve requests answered through coalesced batches",
+                lambda: coalescer.batched_requests if coalescer else 0,
+            ),
+            "inventory_expired_holds": (
+                "counter",
+                "holds expired by this process's sweeper",
+                lambda: sweeper.expired_total,
+            ),
+        }
+    )
+
+
 def create_app(settings: Settings, database_url: str) -> Starlette:
     registry = CollectorRegistry()
+    admin_token = settings.admin_token
+    if admin_token is None:
+        # Never run with admin open: without a configured token, nobody has this one.
+        log.warning("INVENTORY_ADMIN_TOKEN is not set: admin mutations are locked")
+        admin_token = secrets.token_urlsafe(32)
+    tokens = Tokens(admin=admin_token, storefront=settings.storefront_token)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
@@ -51,50 +120,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             listener = ReconnectingPostgresBackend(database_url)
             async with Broadcast(backend=listener) as broadcast:
                 hub = AvailabilityHub(broadcast, service.catalog)
-                collector = StateCollector(
-                    {
-                        "inventory_active_subscriptions": (
-                            "gauge",
-                            "availability subscriptions open",
-                            lambda: hub.subscriptions,
-                        ),
-                        "inventory_watched_skus": (
-                            "gauge",
-                            "skus with at least one subscriber",
-                            lambda: hub.watched_skus,
-                        ),
-                        "inventory_pending_updates": (
-                            "gauge",
-                            "updates waiting for subscribers to read them (latest per sku)",
-                            lambda: hub.pending_updates,
-                        ),
-                        "inventory_listener_connected": (
-                            "gauge",
-                            "1 when the LISTEN connection is up",
-                            lambda: float(listener.connected),
-                        ),
-                        "inventory_listener_reconnects": (
-                            "counter",
-                            "LISTEN connection reconnects",
-                            lambda: listener.reconnects,
-                        ),
-                        "inventory_reservation_batches": (
-                            "counter",
-                            "coalesced reservation batches (one transaction each)",
-                            lambda: service.coalescer.batches if service.coalescer else 0,
-                        ),
-                        "inventory_batched_reservations": (
-                            "counter",
-                            "reserve requests answered through coalesced batches",
-                            lambda: service.coalescer.batched_requests if service.coalescer else 0,
-                        ),
-                        "inventory_expired_holds": (
-                            "counter",
-                            "holds expired by this process's sweeper",
-                            lambda: sweeper.expired_total,
-                        ),
-                    }
-                )
+                collector = _collector(service, hub, listener, sweeper)
                 registry.register(collector)
                 try:
                     async with contextlib.AsyncExitStack() as running:
@@ -102,17 +128,28 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                             await running.enter_async_context(service.coalescer.running())
                         await running.enter_async_context(sweeper.running())
                         await running.enter_async_context(hub.running())
-                        yield {"service": service, "hub": hub, "sweeper": sweeper}
+                        yield {"service": service, "hub": hub, "listener": listener}
                 finally:
                     registry.unregister(collector)
 
-    graphql = graphql_endpoint(settings.max_subscriptions_per_connection)
+    graphql = graphql_endpoint(
+        build_schema(production=settings.production),
+        tokens,
+        max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
+        graphiql=not settings.production,
+    )
     return Starlette(
         routes=[
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
+            Route("/livez", livez),
+            Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint(registry)),
             *demo_routes(settings.demo_dir),
+        ],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],
         lifespan=lifespan,
     )

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Iterator
@@ -66,6 +67,13 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
 
     if args.demo:
         asyncio.run(load_demo_catalog(url))
+    if settings.admin_token is None:
+        # Admin is never open: without a configured token, make one and tell only the
+        # operator starting the server. Workers inherit it through the environment.
+        token = secrets.token_urlsafe(24)
+        os.environ["INVENTORY_ADMIN_TOKEN"] = token
+        settings = dataclasses.replace(settings, admin_token=token)
+        print(f"Admin token (INVENTORY_ADMIN_TOKEN was not set): {token}", flush=True)
     # uvicorn handles SIGTERM and Ctrl-C: it stops accepting, finishes in-flight requests
     # and runs the lifespan's shutdown. Then it re-raises the signal to the handler it
     # found; a no-op one lets us return, so `database()` stops the embedded PostgreSQL

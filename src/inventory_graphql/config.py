@@ -29,6 +29,11 @@ class Settings:
     sweep_interval_seconds: float = 0.5
     sweep_batch_size: int = 500
     max_subscriptions_per_connection: int = 16
+    # None: `serve` generates one at start and prints it once; admin is never open.
+    admin_token: str | None = None
+    storefront_token: str | None = None
+    production: bool = False
+    max_body_bytes: int = 64 * 1024
     # The storefront served at `/`: the repository's frontend-demo/ when run from a checkout.
     demo_dir: Path | None = Path(__file__).resolve().parents[2] / "frontend-demo"
     coalesce_reservations: bool = True
@@ -55,6 +60,10 @@ class Settings:
                 "INVENTORY_MAX_SUBSCRIPTIONS_PER_CONNECTION",
                 defaults.max_subscriptions_per_connection,
             ),
+            admin_token=env.get("INVENTORY_ADMIN_TOKEN") or None,
+            storefront_token=env.get("INVENTORY_STOREFRONT_TOKEN") or None,
+            production=env.get("INVENTORY_ENV", "").lower() == "production",
+            max_body_bytes=_int(env, "INVENTORY_MAX_BODY_BYTES", defaults.max_body_bytes),
             demo_dir=Path(env["INVENTORY_DEMO_DIR"])
             if env.get("INVENTORY_DEMO_DIR")
             else defaults.demo_dir,

@@ -66,7 +66,9 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
 async def connect_pool(database_url: str, size: int) -> AsyncIterator[asyncpg.Pool]:
     # A small pool on purpose: hundreds of backends fighting over one hot row are slower
     # than a few, so requests queue in the application instead.
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=size)
+    # A short connect timeout: while the database is away, requests fail fast instead of
+    # hanging on a connection attempt.
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=size, timeout=5)
     try:
         yield pool
     finally:

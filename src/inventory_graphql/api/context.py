@@ -20,6 +20,8 @@ class Context:
     response: Response | None
     service: InventoryService
     hub: AvailabilityHub
+    is_admin: bool = False
+    connection_params: object = None  # a WebSocket's connection_init payload
     products: DataLoader[str, models.Product | None] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -6,22 +6,53 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http.async_base_view import HTTPException
+from strawberry.schema import BaseSchema
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types.unset import UnsetType
 
+from inventory_graphql.api.auth import Tokens, bearer, connection_token
 from inventory_graphql.api.context import Context
-from inventory_graphql.api.schema import schema
+
+STOREFRONT_REFUSAL = "This needs the storefront token: send `Authorization: Bearer <token>`."
 
 
 class GraphQLEndpoint(GraphQL[Context, None]):
+    def __init__(self, schema: BaseSchema, tokens: Tokens, **options: object) -> None:
+        super().__init__(schema, **options)  # type: ignore[arg-type]
+        self.tokens = tokens
+
     async def get_context(self, request: Request | WebSocket, response: Response | None) -> Context:
         # The service lives in the app's lifespan state, not in a module global.
         state = request.state
-        return Context(request=request, response=response, service=state.service, hub=state.hub)
+        token = bearer(request.headers)
+        if isinstance(request, Request) and not self.tokens.is_shopper(token):
+            raise HTTPException(401, STOREFRONT_REFUSAL)
+        return Context(
+            request=request,
+            response=response,
+            service=state.service,
+            hub=state.hub,
+            is_admin=self.tokens.is_admin(token),
+        )
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        # Browsers cannot set headers on a WebSocket: the token comes in connection_init.
+        if not self.tokens.is_shopper(
+            connection_token(getattr(context, "connection_params", None))
+        ):
+            raise ConnectionRejectionError({"reason": STOREFRONT_REFUSAL})  # closes with 4403
+        return await super().on_ws_connect(context)
 
 
-def graphql_endpoint(max_subscriptions_per_connection: int) -> GraphQLEndpoint:
+def graphql_endpoint(
+    schema: BaseSchema, tokens: Tokens, *, max_subscriptions_per_connection: int, graphiql: bool
+) -> GraphQLEndpoint:
     return GraphQLEndpoint(
         schema,
+        tokens,
+        graphql_ide="graphiql" if graphiql else None,
         subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
         max_subscriptions_per_connection=max_subscriptions_per_connection,
     )

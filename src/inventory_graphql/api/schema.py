@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import strawberry
 from graphql import GraphQLError
 from strawberry import UNSET
-from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
 
+from inventory_graphql.api.auth import IsAdmin
 from inventory_graphql.api.context import Context
+from inventory_graphql.api.errors import ErrorPolicy
 from inventory_graphql.api.outcomes import ProductResult, ReserveResult, ResolveResult, to_graphql
 from inventory_graphql.api.subscriptions import Subscription
 from inventory_graphql.api.types import Product, Reservation, ReserveLineInput
@@ -17,6 +26,9 @@ from inventory_graphql.inventory.models import LineRequest
 
 Info = strawberry.Info[Context, None]
 MAX_PAGE = 1000
+MAX_DEPTH = 8
+MAX_ALIASES = 20
+MAX_TOKENS = 2000
 T = TypeVar("T")
 
 
@@ -74,21 +86,41 @@ class Mutation:
     async def release(self, info: Info, id: strawberry.ID) -> ResolveResult:
         return to_graphql(await info.context.service.reservations.release(id))
 
-    @strawberry.mutation(description="Add a product with its initial stock.")
+    @strawberry.mutation(
+        description="Add a product with its initial stock. Needs the admin token.",
+        permission_classes=[IsAdmin],
+    )
     async def create_product(self, info: Info, sku: str, name: str, quantity: int) -> ProductResult:
         return to_graphql(await info.context.service.catalog.create_product(sku, name, quantity))
 
-    @strawberry.mutation(description="Restock (positive delta) or write off (negative).")
+    @strawberry.mutation(
+        description="Restock (positive delta) or write off (negative). Needs the admin token.",
+        permission_classes=[IsAdmin],
+    )
     async def adjust_stock(self, info: Info, sku: str, delta: int, reason: str) -> ProductResult:
         return to_graphql(await info.context.service.catalog.adjust_stock(sku, delta, reason))
 
 
-schema = strawberry.Schema(
-    query=Query,
-    mutation=Mutation,
-    subscription=Subscription,
-    # Parsing and validating are most of a request's cost; clients that send one document
-    # with variables hit these caches every time. (Factories: the caches themselves are
-    # shared module-level LRUs in Strawberry, the extension objects are per request.)
-    extensions=[lambda: ParserCache(maxsize=256), lambda: ValidationCache(maxsize=256)],
-)
+def build_schema(*, production: bool = False) -> strawberry.Schema:
+    """The schema with its guards. In production introspection is off."""
+    extensions: list[Any] = [
+        # Parsing and validating are most of a request's cost; clients that send one
+        # document with variables hit these caches every time. (Factories: the caches are
+        # module-level LRUs shared by the per-request extension objects.)
+        lambda: ParserCache(maxsize=256),
+        lambda: ValidationCache(maxsize=256),
+        # Cheap refusals before any resolver runs.
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        ErrorPolicy,
+    ]
+    if production:
+        extensions.append(DisableIntrospection)
+    return strawberry.Schema(
+        query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions
+    )
+
+
+# The public schema, as exported to schema.graphql (the guards do not change the SDL).
+schema = build_schema()

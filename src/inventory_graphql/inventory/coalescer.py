@@ -25,6 +25,7 @@ from itertools import groupby
 import asyncpg
 
 from inventory_graphql.inventory import validation
+from inventory_graphql.inventory.errors import is_database_unavailable
 from inventory_graphql.inventory.models import (
     LineRequest,
     Reservation,
@@ -146,7 +147,12 @@ class ReservationCoalescer:
         self.batched_requests += len(batch)
         try:
             outcomes = await in_transaction(self._pool, lambda conn: self._hold(conn, batch))
-        except Exception:
+        except Exception as error:
+            if is_database_unavailable(error):
+                for request in batch:  # nothing was held; each caller may retry
+                    if not request.future.done():
+                        request.future.set_exception(error)
+                return
             # One request must not fail the others: answer each on its own.
             log.exception("batch of %d failed; answering its requests one by one", len(batch))
             await asyncio.gather(*(self._answer_alone(request) for request in batch))

@@ -1,0 +1,65 @@
+"""What a client sees of an error, and what the log keeps.
+
+Expected failures are union members, never errors. What reaches here is either a GraphQL
+error made on purpose (validation, a bad argument, a missing token: shown as it is), a
+database outage (a clear, retriable error with HTTP 503), or a bug: masked to "Internal
+server error" with no trace, SQL, driver or file name, and logged with the request id that
+the response also carries.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from graphql import GraphQLError
+from strawberry.extensions import MaskErrors
+
+from inventory_graphql.inventory.errors import is_database_unavailable
+from inventory_graphql.request_id import current_request_id
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE_MESSAGE = "The database is unavailable right now; retry shortly."
+
+
+class ErrorPolicy(MaskErrors):
+    # MaskErrors is Strawberry's hook for rewriting errors after execution (streamed
+    # subscription results included); we keep its plumbing and decide per error.
+    def __init__(self) -> None:
+        super().__init__(should_mask_error=lambda _: True)
+
+    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
+        request_id = current_request_id()
+        original = error.original_error
+        extensions = dict(error.extensions or {})
+        message = error.message
+        if original is not None and not isinstance(original, GraphQLError):
+            if is_database_unavailable(original):
+                log.warning("database unavailable [request %s]: %r", request_id, original)
+                message = UNAVAILABLE_MESSAGE
+                extensions.update(code="DATABASE_UNAVAILABLE", retriable=True)
+                self._set_status(503)
+            else:
+                log.error(
+                    "internal error [request %s] at %s",
+                    request_id,
+                    error.path,
+                    exc_info=(type(original), original, original.__traceback__),
+                )
+                message = "Internal server error."
+                extensions.update(code="INTERNAL_SERVER_ERROR")
+        extensions["requestId"] = request_id
+        return GraphQLError(
+            message,
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            extensions=extensions,
+        )
+
+    def _set_status(self, status: int) -> None:
+        response = getattr(self.execution_context.context, "response", None)
+        if response is not None:
+            response.status_code = status
+            response.headers["Retry-After"] = "1"
