@@ -96,9 +96,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}")
             try:
-                with urllib.request.urlopen(
-                    f"{self.url}/graphql?query=%7B__typename%7D", timeout=1
-                ):
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1):
                     return
             except OSError:
                 pass

@@ -85,9 +85,8 @@ async def test_a_plain_sql_update_reaches_subscribers(socket, db, make_product):
     assert (await sub.next())["availability"]["available"] == 5
 
     await db.execute("UPDATE product SET name = 'typed into psql' WHERE sku = $1", sku)
-    await db.execute(ADJUST, sku, 2, "typed into psql")
-
     assert (await sub.next())["availability"]["version"] == 2
+    await db.execute(ADJUST, sku, 2, "typed into psql")
     assert numbers((await sub.next())["availability"]) == (7, 0, 7)
 
 

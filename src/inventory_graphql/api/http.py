@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
@@ -10,18 +11,51 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http.async_base_view import HTTPException
 from strawberry.schema import BaseSchema
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
 from strawberry.types.unset import UnsetType
 
 from inventory_graphql.api.auth import Tokens, bearer, connection_token
 from inventory_graphql.api.context import Context
 
+BODY_SHAPE = "The request body must be one JSON object with a `query` (batching is off)."
 STOREFRONT_REFUSAL = "This needs the storefront token: send `Authorization: Bearer <token>`."
 
 
+class TransportWsHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    # Strawberry's handler indexes every message as a dict: a JSON array or number
+    # crashes the connection (1006). Refuse it as the protocol says: close 4400.
+    async def handle_message(self, message: object) -> None:
+        if not isinstance(message, dict):
+            await self.handle_invalid_message("Failed to parse message")
+            return
+        await super().handle_message(message)  # type: ignore[arg-type]
+
+
 class GraphQLEndpoint(GraphQL[Context, None]):
+    graphql_transport_ws_handler_class = TransportWsHandler
+
     def __init__(self, schema: BaseSchema, tokens: Tokens, **options: object) -> None:
         super().__init__(schema, **options)  # type: ignore[arg-type]
         self.tokens = tokens
+
+    def parse_json(self, data: str | bytes) -> dict[str, object]:
+        # Strawberry crashes (500) on JSON that is not an object, and on invalid UTF-8.
+        try:
+            parsed = self.decode_json(data)
+        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError both are
+            raise HTTPException(400, "Unable to parse request body as JSON") from error
+        if not isinstance(parsed, dict):
+            raise HTTPException(400, BODY_SHAPE)
+        return parsed
+
+    def decode_json(self, data: str | bytes) -> object:
+        return orjson.loads(data)
+
+    def encode_json(self, data: object) -> str:
+        # Text, not bytes: Strawberry sends bytes over WebSocket as binary frames.
+        return orjson.dumps(data).decode()
 
     async def get_context(self, request: Request | WebSocket, response: Response | None) -> Context:
         # The service lives in the app's lifespan state, not in a module global.

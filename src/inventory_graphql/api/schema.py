@@ -13,12 +13,12 @@ from strawberry.extensions import (
     MaxTokensLimiter,
     ParserCache,
     QueryDepthLimiter,
-    ValidationCache,
 )
 
 from inventory_graphql.api.auth import IsAdmin
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.errors import ErrorPolicy
+from inventory_graphql.api.limits import GuardedValidationCache
 from inventory_graphql.api.outcomes import ProductResult, ReserveResult, ResolveResult, to_graphql
 from inventory_graphql.api.subscriptions import Subscription
 from inventory_graphql.api.types import Product, Reservation, ReserveLineInput
@@ -29,6 +29,7 @@ MAX_PAGE = 1000
 MAX_DEPTH = 8
 MAX_ALIASES = 20
 MAX_TOKENS = 2000
+MAX_FIELDS = 1000
 T = TypeVar("T")
 
 
@@ -101,6 +102,13 @@ class Mutation:
         return to_graphql(await info.context.service.catalog.adjust_stock(sku, delta, reason))
 
 
+class InventorySchema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        # Strawberry logs every error with a traceback, a client's typo included. Client
+        # errors are answered, not logged; ErrorPolicy logs the server's own failures.
+        return None
+
+
 def build_schema(*, production: bool = False) -> strawberry.Schema:
     """The schema with its guards. In production introspection is off."""
     extensions: list[Any] = [
@@ -108,7 +116,7 @@ def build_schema(*, production: bool = False) -> strawberry.Schema:
         # document with variables hit these caches every time. (Factories: the caches are
         # module-level LRUs shared by the per-request extension objects.)
         lambda: ParserCache(maxsize=256),
-        lambda: ValidationCache(maxsize=256),
+        lambda: GuardedValidationCache(max_fields=MAX_FIELDS, maxsize=256),
         # Cheap refusals before any resolver runs.
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
         lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
@@ -117,7 +125,7 @@ def build_schema(*, production: bool = False) -> strawberry.Schema:
     ]
     if production:
         extensions.append(DisableIntrospection)
-    return strawberry.Schema(
+    return InventorySchema(
         query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions
     )
 

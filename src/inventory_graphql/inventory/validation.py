@@ -18,6 +18,11 @@ MAX_NAME = 200
 MAX_REASON = 500
 
 
+def _has_control_characters(text: str) -> bool:
+    # PostgreSQL text cannot hold NUL, and no key, name or reason needs control codes.
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+
+
 def check_sku(sku: str, field: str = "sku") -> InvalidInput | None:
     if not SKU_PATTERN.fullmatch(sku):
         return InvalidInput(field, "must be 1-64 characters of A-Z a-z 0-9 . _ -")
@@ -42,15 +47,20 @@ def check_reserve(
             return InvalidInput(f"lines[{i}].quantity", f"must be 1 to {MAX_LINE_QUANTITY:,}")
     if ttl_seconds is not None and not TTL_RANGE[0] <= ttl_seconds <= TTL_RANGE[1]:
         return InvalidInput("ttlSeconds", f"must be {TTL_RANGE[0]} to {TTL_RANGE[1]}")
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-        return InvalidInput("idempotencyKey", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    if idempotency_key is not None and (
+        not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
+        or _has_control_characters(idempotency_key)
+    ):
+        return InvalidInput(
+            "idempotencyKey", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters, no control codes"
+        )
     return None
 
 
 def check_new_product(sku: str, name: str, quantity: int) -> InvalidInput | None:
     if error := check_sku(sku):
         return error
-    if not name.strip() or len(name) > MAX_NAME:
+    if not name.strip() or len(name) > MAX_NAME or _has_control_characters(name):
         return InvalidInput("name", f"must be 1 to {MAX_NAME} characters, not blank")
     if not 0 <= quantity <= MAX_STOCK:
         return InvalidInput("quantity", f"must be 0 to {MAX_STOCK:,}")
@@ -62,7 +72,7 @@ def check_adjustment(sku: str, delta: int, reason: str) -> InvalidInput | None:
         return error
     if delta == 0 or abs(delta) > MAX_STOCK:
         return InvalidInput("delta", f"must be non-zero and at most {MAX_STOCK:,} either way")
-    if not reason.strip() or len(reason) > MAX_REASON:
+    if not reason.strip() or len(reason) > MAX_REASON or _has_control_characters(reason):
         return InvalidInput("reason", f"must be 1 to {MAX_REASON} characters, not blank")
     return None
 
