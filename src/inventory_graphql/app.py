@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from broadcaster import Broadcast
-from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
@@ -27,7 +27,8 @@ from inventory_graphql.inventory.service import InventoryService
 from inventory_graphql.inventory.sweeper import Sweeper
 from inventory_graphql.live.hub import AvailabilityHub
 from inventory_graphql.live.listener import ReconnectingPostgresBackend
-from inventory_graphql.metrics import StateCollector, metrics_endpoint
+from inventory_graphql.logs import configure_logging
+from inventory_graphql.metrics import Metrics, Reading
 from inventory_graphql.request_id import RequestIdMiddleware
 
 log = logging.getLogger(__name__)
@@ -44,61 +45,62 @@ def demo_routes(demo_dir: Path | None) -> list[BaseRoute]:
     return [Mount("/", StaticFiles(directory=demo_dir, html=True))]
 
 
-def _collector(
+def _readings(
     service: InventoryService,
     hub: AvailabilityHub,
     listener: ReconnectingPostgresBackend,
     sweeper: Sweeper,
-) -> StateCollector:
+) -> dict[str, Reading]:
     coalescer = service.coalescer
-    return StateCollector(
-        {
-            "inventory_active_subscriptions": (
-                "gauge",
-                "availability subscriptions open",
-                lambda: hub.subscriptions,
-            ),
-            "inventory_watched_skus": (
-                "gauge",
-                "skus with at least one subscriber",
-                lambda: hub.watched_skus,
-            ),
-            "inventory_pending_updates": (
-                "gauge",
-                "updates waiting for subscribers to read them (latest per sku)",
-                lambda: hub.pending_updates,
-            ),
-            "inventory_listener_connected": (
-                "gauge",
-                "1 when the LISTEN connection is up",
-                lambda: float(listener.connected),
-            ),
-            "inventory_listener_reconnects": (
-                "counter",
-                "LISTEN connection reconnects",
-                lambda: listener.reconnects,
-            ),
-            "inventory_reservation_batches": (
-                "counter",
-                "coalesced reservation batches (one transaction each)",
-                lambda: coalescer.batches if coalescer else 0,
-            ),
-            "inventory_batched_reservations": (
-                "counter",
-                "reserve requests answered through coalesced batches",
-                lambda: coalescer.batched_requests if coalescer else 0,
-            ),
-            "inventory_expired_holds": (
-                "counter",
-                "holds expired by this process's sweeper",
-                lambda: sweeper.expired_total,
-            ),
-        }
-    )
+    pool = service.pool
+    return {
+        "inventory_active_subscriptions": (
+            "gauge",
+            "availability subscriptions open",
+            lambda: hub.subscriptions,
+        ),
+        "inventory_watched_skus": (
+            "gauge",
+            "skus with at least one subscriber",
+            lambda: hub.watched_skus,
+        ),
+        "inventory_pending_updates": (
+            "gauge",
+            "updates waiting for subscribers to read them (latest per sku)",
+            lambda: hub.pending_updates,
+        ),
+        "inventory_listener_connected": (
+            "gauge",
+            "1 when the LISTEN connection is up",
+            lambda: float(listener.connected),
+        ),
+        "inventory_listener_reconnects": (
+            "counter",
+            "LISTEN connection reconnects",
+            lambda: listener.reconnects,
+        ),
+        "inventory_reservation_batches": (
+            "counter",
+            "coalesced reservation batches (one transaction each)",
+            lambda: coalescer.batches if coalescer else 0,
+        ),
+        "inventory_expired_holds": (
+            "counter",
+            "holds expired by this process's sweeper",
+            lambda: sweeper.expired_total,
+        ),
+        "inventory_db_pool_connections": (
+            "gauge",
+            "connections open in the pool",
+            lambda: pool.get_size(),
+        ),
+        "inventory_db_pool_idle": ("gauge", "pool connections idle", lambda: pool.get_idle_size()),
+        "inventory_db_pool_max": ("gauge", "pool size limit", lambda: pool.get_max_size()),
+    }
 
 
 def create_app(settings: Settings, database_url: str) -> Starlette:
-    registry = CollectorRegistry()
+    metrics = Metrics()
     admin_token = settings.admin_token
     if admin_token is None:
         # Never run with admin open: without a configured token, nobody has this one.
@@ -112,7 +114,10 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             async with pool.acquire() as conn:
                 await migrate(conn)
             service = InventoryService.from_pool(
-                pool, settings, coalesce=settings.coalesce_reservations
+                pool,
+                settings,
+                coalesce=settings.coalesce_reservations,
+                on_batch=metrics.batch_sizes.observe,
             )
             sweeper = Sweeper(
                 service.reservations, settings.sweep_interval_seconds, settings.sweep_batch_size
@@ -120,17 +125,21 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             listener = ReconnectingPostgresBackend(database_url)
             async with Broadcast(backend=listener) as broadcast:
                 hub = AvailabilityHub(broadcast, service.catalog)
-                collector = _collector(service, hub, listener, sweeper)
-                registry.register(collector)
+                metrics.watch(_readings(service, hub, listener, sweeper))
                 try:
                     async with contextlib.AsyncExitStack() as running:
                         if service.coalescer is not None:
                             await running.enter_async_context(service.coalescer.running())
                         await running.enter_async_context(sweeper.running())
                         await running.enter_async_context(hub.running())
-                        yield {"service": service, "hub": hub, "listener": listener}
+                        yield {
+                            "service": service,
+                            "hub": hub,
+                            "listener": listener,
+                            "metrics": metrics,
+                        }
                 finally:
-                    registry.unregister(collector)
+                    metrics.unwatch()
 
     graphql = graphql_endpoint(
         build_schema(production=settings.production),
@@ -144,7 +153,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             WebSocketRoute("/graphql", graphql),
             Route("/livez", livez),
             Route("/readyz", readyz),
-            Route("/metrics", metrics_endpoint(registry)),
+            Route("/metrics", metrics.endpoint()),
             *demo_routes(settings.demo_dir),
         ],
         middleware=[
@@ -157,6 +166,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
 
 def app_from_env() -> Starlette:
     """The app for `uvicorn --factory` and `serve --workers N`: settings from the environment."""
+    configure_logging(os.environ.get("INVENTORY_LOG_FORMAT", "text"))
     settings = Settings.from_env()
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL must be set for app_from_env")

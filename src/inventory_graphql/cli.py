@@ -21,8 +21,11 @@ from inventory_graphql.database import migrate
 from inventory_graphql.demo import load_demo_catalog
 from inventory_graphql.embedded_db import embedded_postgres
 from inventory_graphql.inventory.reconcile import reconcile
+from inventory_graphql.logs import configure_logging
 
 log = logging.getLogger("inventory_graphql")
+# How long SIGTERM waits for in-flight requests before closing what is left.
+GRACE_SECONDS = 10
 
 
 @contextlib.contextmanager
@@ -82,7 +85,14 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
         signal.signal(signum, lambda *_: None)
     if args.workers == 1:
         app = create_app(settings, url)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            log_config=None,
+            timeout_graceful_shutdown=GRACE_SECONDS,
+        )
         return 0
     # Worker processes build their own app (pool, listener, sweeper, coalescer) from the
     # environment; this process keeps the embedded PostgreSQL, if any, for all of them.
@@ -94,6 +104,8 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
         port=args.port,
         workers=args.workers,
         log_level=args.log_level,
+        log_config=None,
+        timeout_graceful_shutdown=GRACE_SECONDS,
     )
     return 0
 
@@ -140,8 +152,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    configure_logging(os.environ.get("INVENTORY_LOG_FORMAT", "text"))
     if args.command == "export-schema":
         return _export_schema(args)
     settings = Settings.from_env()

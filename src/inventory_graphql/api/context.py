@@ -12,6 +12,7 @@ from strawberry.dataloader import DataLoader
 from inventory_graphql.inventory import models
 from inventory_graphql.inventory.service import InventoryService
 from inventory_graphql.live.hub import AvailabilityHub
+from inventory_graphql.metrics import Metrics
 
 
 @dataclass
@@ -20,6 +21,7 @@ class Context:
     response: Response | None
     service: InventoryService
     hub: AvailabilityHub
+    metrics: Metrics | None = None
     is_admin: bool = False
     connection_params: object = None  # a WebSocket's connection_init payload
     products: DataLoader[str, models.Product | None] = field(init=False)

@@ -68,6 +68,7 @@ class GraphQLEndpoint(GraphQL[Context, None]):
             response=response,
             service=state.service,
             hub=state.hub,
+            metrics=state.metrics,
             is_admin=self.tokens.is_admin(token),
         )
 

@@ -19,6 +19,7 @@ from inventory_graphql.api.auth import IsAdmin
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.errors import ErrorPolicy
 from inventory_graphql.api.limits import GuardedValidationCache
+from inventory_graphql.api.observability import OperationMetrics
 from inventory_graphql.api.outcomes import ProductResult, ReserveResult, ResolveResult, to_graphql
 from inventory_graphql.api.subscriptions import Subscription
 from inventory_graphql.api.types import Product, Reservation, ReserveLineInput
@@ -77,6 +78,8 @@ class Mutation:
         outcome = await info.context.service.reserve(
             requested, _given(ttl_seconds), _given(idempotency_key)
         )
+        if info.context.metrics is not None:
+            info.context.metrics.reservations.labels(type(outcome).__name__).inc()
         return to_graphql(outcome)
 
     @strawberry.mutation(description="Payment succeeded: the held units leave the stock.")
@@ -122,6 +125,7 @@ def build_schema(*, production: bool = False) -> strawberry.Schema:
         lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
         lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
         ErrorPolicy,
+        OperationMetrics,
     ]
     if production:
         extensions.append(DisableIntrospection)

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 
@@ -93,8 +93,15 @@ class _Request:
 
 
 class ReservationCoalescer:
-    def __init__(self, pool: asyncpg.Pool, reservations: Reservations, max_batch: int) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        reservations: Reservations,
+        max_batch: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self._pool = pool
+        self._on_batch = on_batch  # told each batch's size (metrics)
         self._reservations = reservations
         self._max_batch = max_batch
         self._queue: list[_Request] = []
@@ -145,6 +152,8 @@ class ReservationCoalescer:
     async def _answer(self, batch: list[_Request]) -> None:
         self.batches += 1
         self.batched_requests += len(batch)
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
         try:
             outcomes = await in_transaction(self._pool, lambda conn: self._hold(conn, batch))
         except Exception as error:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -24,11 +24,18 @@ class InventoryService:
 
     @classmethod
     def from_pool(
-        cls, pool: asyncpg.Pool, settings: Settings, *, coalesce: bool = False
+        cls,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        *,
+        coalesce: bool = False,
+        on_batch: Callable[[int], None] | None = None,
     ) -> InventoryService:
         reservations = Reservations(pool, settings.hold_ttl_seconds)
         coalescer = (
-            ReservationCoalescer(pool, reservations, settings.max_batch) if coalesce else None
+            ReservationCoalescer(pool, reservations, settings.max_batch, on_batch)
+            if coalesce
+            else None
         )
         return cls(pool=pool, catalog=Catalog(pool), reservations=reservations, coalescer=coalescer)
 
