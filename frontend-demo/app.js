@@ -1,0 +1,142 @@
+// Wires the storefront together. URL parameters:
+//   ?sku=A,B   show only these products (and open the first one)
+//   ?ttl=N     seconds a shopper's hold lasts (the "hold for" field; default 120)
+//   ?first=N   how many products the catalog loads, 1 to 1000 (default 100)
+//   ?token=T   the storefront token, for a server with INVENTORY_STOREFRONT_TOKEN set
+
+import { AdminPanel } from "./admin.js";
+import { Catalog } from "./catalog.js";
+import { Checkout } from "./checkout.js";
+import { byTestId, describeError } from "./dom.js";
+import { FlashSale } from "./flash-sale.js";
+import { LiveSocket, request, setStorefrontToken } from "./graphql.js";
+import { AvailabilityFeed } from "./live.js";
+import { PRODUCTS } from "./operations.js";
+import { ProductView } from "./product-view.js";
+
+const params = new URLSearchParams(location.search);
+// The token moves from the address bar (where it would be shared, bookmarked, logged) to
+// this tab's session storage, which also keeps it across a reload.
+if (params.has("token")) {
+  sessionStorage.setItem("storefrontToken", params.get("token"));
+  params.delete("token");
+  history.replaceState(null, "", `${location.pathname}?${params}${location.hash}`);
+}
+setStorefrontToken(sessionStorage.getItem("storefrontToken"));
+const skuFilter = params.get("sku")?.split(",").map((s) => s.trim()).filter(Boolean) || null;
+const first = intParam("first", 1, 1000, 100);
+const ttlSeconds = intParam("ttl", 1, 3600, 120);
+
+const STATUS_TEXT = { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…" };
+
+const page = document.body;
+const notice = byTestId(page, "notice");
+
+const catalog = new Catalog({
+  list: byTestId(page, "catalog"),
+  empty: byTestId(page, "catalog-empty"),
+  count: byTestId(page, "catalog-count"),
+  onSelect(sku) {
+    select(sku);
+    // On a phone the product view sits above a long catalog: bring it into sight.
+    if (matchMedia("(max-width: 959px)").matches) {
+      byTestId(page, "product-view").scrollIntoView({ behavior: "smooth", block: "start" });
+    }
+  },
+});
+const checkout = new Checkout(byTestId(page, "checkout"), catalog);
+const productView = new ProductView(byTestId(page, "product-view"), {
+  catalog,
+  checkout,
+  ttlSeconds,
+});
+const flashSale = new FlashSale(byTestId(page, "flash-sale"), { catalog });
+const admin = new AdminPanel(byTestId(page, "admin"), {
+  onProduct(product, { created }) {
+    // A product made here joins the page (and, with ?sku=, the filter, so that a
+    // re-fetch after a reconnect keeps it) and is followed live from now on.
+    if (created && skuFilter && !skuFilter.includes(product.sku)) skuFilter.push(product.sku);
+    addProducts([product]);
+    if (created) select(product.sku);
+  },
+});
+
+const socket = new LiveSocket();
+const feed = new AvailabilityFeed(socket, {
+  onUpdate: (update) => catalog.show(update),
+  onError: (message) => say(message),
+});
+
+function select(sku) {
+  catalog.select(sku);
+  productView.show(sku);
+  flashSale.target(sku);
+  admin.target(sku);
+}
+
+function addProducts(products) {
+  catalog.upsert(...products);
+  updateSkuList();
+  feed.follow(catalog.skus);
+}
+
+// Loaded after every connection_ack, the first and each reconnect: products created
+// while the page was away appear, and numbers catch up (the subscriptions' snapshots
+// do that too; versions decide which is newer).
+let retry = 0;
+async function loadCatalog() {
+  clearTimeout(retry);
+  try {
+    const variables = skuFilter ? { skus: skuFilter, first: 1000 } : { first };
+    const { products } = await request(PRODUCTS, variables);
+    addProducts(products);
+    say("");
+    if (productView.sku === null && skuFilter && products.length > 0) {
+      select(skuFilter.find((sku) => catalog.get(sku)) ?? products[0].sku);
+    }
+  } catch (error) {
+    say(`Could not load the catalog: ${describeError(error)}`);
+    retry = setTimeout(loadCatalog, 2000);
+  }
+}
+
+socket.addEventListener("connected", loadCatalog);
+socket.addEventListener("rejected", () =>
+  say("This storefront needs a token: open it with ?token=<storefront token>."),
+);
+socket.addEventListener("status", ({ detail: { state } }) => {
+  const status = byTestId(page, "connection-status");
+  status.dataset.state = state;
+  status.textContent = STATUS_TEXT[state];
+  // Numbers may be stale while the socket is down: say so rather than look live.
+  page.classList.toggle("offline", state === "reconnecting");
+});
+
+byTestId(page, "catalog-search").addEventListener("input", (event) => {
+  catalog.filter(event.target.value);
+});
+if (skuFilter) {
+  const filtered = byTestId(page, "catalog-filter");
+  filtered.hidden = false;
+  const all = new URLSearchParams(params);
+  all.delete("sku");
+  byTestId(page, "show-all").href = `?${all}`;
+}
+
+socket.start();
+
+function say(text) {
+  notice.textContent = text;
+  notice.hidden = !text;
+}
+
+function updateSkuList() {
+  const list = document.getElementById("sku-list");
+  if (list.options.length === catalog.skus.length) return;
+  list.replaceChildren(...catalog.skus.map((sku) => new Option(catalog.get(sku).name, sku)));
+}
+
+function intParam(name, low, high, fallback) {
+  const n = Number.parseInt(params.get(name), 10);
+  return Number.isNaN(n) ? fallback : Math.min(high, Math.max(low, n));
+}

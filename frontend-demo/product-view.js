@@ -1,0 +1,132 @@
+// The product view: the selected product's live numbers, a quantity picker and "Reserve".
+
+import { stockState } from "./catalog.js";
+import { byTestId, describeError, flash, formatNumber } from "./dom.js";
+import { request } from "./graphql.js";
+import { RESERVE } from "./operations.js";
+
+export class ProductView {
+  #el = {};
+  #sku = null;
+
+  /** `checkout.add(reservation)` receives every hold made here. */
+  constructor(root, { catalog, checkout, ttlSeconds }) {
+    this.root = root;
+    this.catalog = catalog;
+    this.checkout = checkout;
+    for (const id of [
+      "product-view-empty",
+      "product-view-body",
+      "product-view-name",
+      "product-view-sku",
+      "product-view-available",
+      "product-view-detail",
+      "product-view-badge",
+      "reserve-form",
+      "quantity",
+      "quantity-less",
+      "quantity-more",
+      "ttl",
+      "reserve",
+      "reserve-message",
+    ]) {
+      this.#el[id] = byTestId(root, id);
+    }
+    this.#el.ttl.value = ttlSeconds;
+    this.#el["quantity-less"].addEventListener("click", () => this.#step(-1));
+    this.#el["quantity-more"].addEventListener("click", () => this.#step(+1));
+    this.#el["reserve-form"].addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.#reserve();
+    });
+    catalog.addEventListener("change", ({ detail: { product, previous } }) => {
+      if (product.sku !== this.#sku) return;
+      this.#paint(product);
+      if (product.available === previous.available) return;
+      flash(
+        this.#el["product-view-available"],
+        product.available < previous.available ? "flash-down" : "flash-up",
+      );
+    });
+  }
+
+  get sku() {
+    return this.#sku;
+  }
+
+  show(sku) {
+    const product = this.catalog.get(sku);
+    if (!product) return;
+    if (sku !== this.#sku) this.#say("", "");
+    this.#sku = sku;
+    delete this.root.dataset.empty; // a phone shows this panel only once it has a product
+    this.#el["product-view-empty"].hidden = true;
+    this.#el["product-view-body"].hidden = false;
+    this.#el["product-view-name"].textContent = product.name;
+    this.#el["product-view-sku"].textContent = product.sku;
+    this.#paint(product);
+  }
+
+  #paint(product) {
+    const state = stockState(product.available);
+    this.#el["product-view-body"].dataset.state = state;
+    this.#el["product-view-available"].textContent = formatNumber(product.available);
+    const { quantity, reserved } = product;
+    this.#el["product-view-detail"].textContent =
+      `${formatNumber(quantity)} on hand · ${formatNumber(reserved)} held by shoppers`;
+    const badge = this.#el["product-view-badge"];
+    badge.textContent = state === "sold-out" ? "Sold out" : state === "low" ? "Almost gone" : "";
+    badge.hidden = state === "in-stock";
+  }
+
+  #step(delta) {
+    const input = this.#el.quantity;
+    input.value = Math.max(1, (Number.parseInt(input.value, 10) || 1) + delta);
+  }
+
+  async #reserve() {
+    const sku = this.#sku;
+    const quantity = Number.parseInt(this.#el.quantity.value, 10);
+    const ttl = Number.parseInt(this.#el.ttl.value, 10);
+    // The button stays usable when the count shows 0: the count can be a few
+    // milliseconds stale, and the server, not the page, decides who gets stock.
+    const button = this.#el.reserve;
+    button.disabled = true;
+    this.#say("Reserving…", "pending");
+    try {
+      const { reserve: result } = await request(RESERVE, {
+        lines: [{ sku, quantity: Number.isNaN(quantity) ? 0 : quantity }],
+        ttl: Number.isNaN(ttl) ? null : ttl,
+      });
+      if (result.__typename === "Reservation") this.checkout.add(result);
+      // The shopper may have moved to another product meanwhile; the hold is listed anyway.
+      if (sku === this.#sku) this.#say(describeReserve(result), result.__typename);
+    } catch (error) {
+      this.#say(describeError(error), "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  #say(text, outcome) {
+    const message = this.#el["reserve-message"];
+    message.textContent = text;
+    message.dataset.outcome = outcome;
+  }
+}
+
+/** What the shopper reads for each member of ReserveResult. */
+export function describeReserve(result) {
+  switch (result.__typename) {
+    case "Reservation": {
+      const units = result.lines.reduce((sum, line) => sum + line.quantity, 0);
+      return `Reserved ${units} for you. Finish checkout before the timer runs out.`;
+    }
+    case "InsufficientStock":
+      return result.available === 0
+        ? `Sold out: 0 left (you asked for ${result.requested}).`
+        : `Only ${result.available} left (you asked for ${result.requested}).`;
+    default:
+      return result.message; // ProductNotFound, InvalidInput, IdempotencyKeyReused
+  }
+}
