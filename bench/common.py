@@ -45,7 +45,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server_process(database_url: str, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+def server_process(
+    database_url: str, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> Iterator[str]:
     """`inventory-graphql serve` in its own process; yields its base URL."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url, **(extra_env or {})}
@@ -59,6 +61,7 @@ def server_process(database_url: str, extra_env: dict[str, str] | None = None) -
             str(port),
             "--log-level",
             "warning",
+            *args,
         ],
         env=env,
     )

@@ -146,6 +146,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         tokens,
         max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
         graphiql=not settings.production,
+        live_interval_seconds=settings.live_interval_ms / 1000,
     )
     return Starlette(
         routes=[

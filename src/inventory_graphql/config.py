@@ -29,6 +29,8 @@ class Settings:
     sweep_interval_seconds: float = 0.5
     sweep_batch_size: int = 500
     max_subscriptions_per_connection: int = 16
+    # Each subscriber gets at most one update per interval (latest wins in between).
+    live_interval_ms: int = 50
     # None: `serve` generates one at start and prints it once; admin is never open.
     admin_token: str | None = None
     storefront_token: str | None = None
@@ -67,6 +69,7 @@ class Settings:
             demo_dir=Path(env["INVENTORY_DEMO_DIR"])
             if env.get("INVENTORY_DEMO_DIR")
             else defaults.demo_dir,
+            live_interval_ms=_int(env, "INVENTORY_LIVE_INTERVAL_MS", defaults.live_interval_ms),
             coalesce_reservations=env.get("INVENTORY_COALESCE_RESERVATIONS", "on").lower()
             not in ("off", "0", "false", "no"),
             max_batch=_int(env, "INVENTORY_MAX_BATCH", defaults.max_batch),

@@ -22,6 +22,7 @@ class Context:
     service: InventoryService
     hub: AvailabilityHub
     metrics: Metrics | None = None
+    live_interval_seconds: float = 0.0
     is_admin: bool = False
     connection_params: object = None  # a WebSocket's connection_init payload
     products: DataLoader[str, models.Product | None] = field(init=False)

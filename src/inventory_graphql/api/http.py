@@ -36,9 +36,12 @@ class TransportWsHandler(BaseGraphQLTransportWSHandler[Context, None]):
 class GraphQLEndpoint(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWsHandler
 
-    def __init__(self, schema: BaseSchema, tokens: Tokens, **options: object) -> None:
+    def __init__(
+        self, schema: BaseSchema, tokens: Tokens, live_interval_seconds: float, **options: object
+    ) -> None:
         super().__init__(schema, **options)  # type: ignore[arg-type]
         self.tokens = tokens
+        self.live_interval_seconds = live_interval_seconds
 
     def parse_json(self, data: str | bytes) -> dict[str, object]:
         # Strawberry crashes (500) on JSON that is not an object, and on invalid UTF-8.
@@ -69,6 +72,7 @@ class GraphQLEndpoint(GraphQL[Context, None]):
             service=state.service,
             hub=state.hub,
             metrics=state.metrics,
+            live_interval_seconds=self.live_interval_seconds,
             is_admin=self.tokens.is_admin(token),
         )
 
@@ -82,11 +86,17 @@ class GraphQLEndpoint(GraphQL[Context, None]):
 
 
 def graphql_endpoint(
-    schema: BaseSchema, tokens: Tokens, *, max_subscriptions_per_connection: int, graphiql: bool
+    schema: BaseSchema,
+    tokens: Tokens,
+    *,
+    max_subscriptions_per_connection: int,
+    graphiql: bool,
+    live_interval_seconds: float,
 ) -> GraphQLEndpoint:
     return GraphQLEndpoint(
         schema,
         tokens,
+        live_interval_seconds,
         graphql_ide="graphiql" if graphiql else None,
         subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
         max_subscriptions_per_connection=max_subscriptions_per_connection,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from datetime import datetime
 
@@ -63,6 +64,12 @@ class Subscription:
                 raise _bad_input(f"unknown skus: {', '.join(unknown[:10])}")
             for product in products:
                 mailbox.offer(product.stock_level)
+            pause = context.live_interval_seconds
             while True:
                 for level in await mailbox.take():
                     yield AvailabilityUpdate.from_domain(level)
+                # At most one delivery per interval per subscriber; changes arriving
+                # meanwhile coalesce in the mailbox (latest wins) and go out together.
+                # The first change after a quiet spell goes out at once.
+                if pause:
+                    await asyncio.sleep(pause)

@@ -1,0 +1,84 @@
+-- wrk script for bench.flash_sale: every request reserves one unit of one product.
+--
+--   wrk ... -s bench/flash_sale.lua http://127.0.0.1:PORT/graphql -- SKU_PREFIX PRODUCTS
+--
+-- Skus are SKU_PREFIX-0 .. SKU_PREFIX-(PRODUCTS-1); each request picks one at random.
+-- Always one document with variables, never inlined literals (the server caches parsed
+-- documents by their text). done() prints one line, "WRK_RESULT {json}", with the answers
+-- that were Reservations, the other answers, and requests sent but never answered (cut
+-- off when wrk stopped: the server may still have committed them).
+
+local DOCUMENT = "mutation Reserve($lines: [ReserveLineInput!]!) "
+  .. "{ reserve(lines: $lines, ttlSeconds: 3600) { __typename } }"
+
+local threads = {}
+
+local function body(sku)
+  return '{"query":"' .. DOCUMENT .. '","variables":{"lines":[{"sku":"' .. sku
+    .. '","quantity":1}]}}'
+end
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("thread_number", #threads)
+end
+
+function init(args)
+  prefix = args[1]
+  products = tonumber(args[2])
+  math.randomseed(os.time() * 100 + thread_number)
+  reservations, other, sent, received = 0, 0, 0, 0
+  sample = ""
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+  if products == 1 then
+    fixed = wrk.format(nil, nil, nil, body(prefix .. "-0"))
+  end
+end
+
+function request()
+  sent = sent + 1
+  if fixed then
+    return fixed
+  end
+  return wrk.format(nil, nil, nil, body(prefix .. "-" .. math.random(0, products - 1)))
+end
+
+function response(status, headers, answer)
+  received = received + 1
+  if status == 200 and string.find(answer, '"__typename":"Reservation"', 1, true) then
+    reservations = reservations + 1
+  else
+    other = other + 1
+    if sample == "" then
+      sample = status .. " " .. string.sub(answer, 1, 300)
+    end
+  end
+end
+
+function done(summary, latency, requests)
+  local totals = { reservations = 0, other = 0, sent = 0, received = 0 }
+  local samples = {}
+  for _, thread in ipairs(threads) do
+    for name, _ in pairs(totals) do
+      totals[name] = totals[name] + thread:get(name)
+    end
+    local s = thread:get("sample")
+    if s ~= "" then
+      table.insert(samples, s)
+    end
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_RESULT {"reservations":%d,"other":%d,"sent":%d,"received":%d,'
+      .. '"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"max_us":%d,'
+      .. '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}}\n',
+    totals.reservations, totals.other, totals.sent, totals.received,
+    summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), latency.max,
+    e.connect, e.read, e.write, e.status, e.timeout
+  ))
+  for _, s in ipairs(samples) do
+    io.write("WRK_SAMPLE " .. string.gsub(s, "\n", " ") .. "\n")
+  end
+end

@@ -1,0 +1,139 @@
+"""Client processes that bench.flash_sale starts, so their CPU is not the benchmark's.
+
+    python -m bench.flash_sale_clients listen DATABASE_URL
+    python -m bench.flash_sale_clients subscribe SERVER_URL SKU SUBSCRIBERS
+    python -m bench.flash_sale_clients fanout SERVER_URL SKU SUBSCRIBERS CHANGES
+
+Each prints `ready` once set up and `result {json}` as its last line:
+
+- listen: LISTENs on the availability channel (as every server process does in
+  production) until stdin closes; result: notifications heard.
+- subscribe: SUBSCRIBERS WebSockets subscribed to SKU, reading every update until stdin
+  closes; result: updates read.
+- fanout: SUBSCRIBERS WebSockets subscribed to SKU; for each of CHANGES changes prints
+  `got VERSION` once every subscriber has it; result: arrival times (time.time(), so the
+  changer in another process can subtract its commit times) per version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections import defaultdict
+
+import aiohttp
+import asyncpg
+import uvloop
+from tests.support.graphql_ws import AVAILABILITY, GraphQLWebSocket, Subscription
+
+CHANNEL = "inventory_availability"
+CONNECTING_AT_ONCE = 100  # more handshakes at once only overflow the accept backlog
+
+
+async def close_all(pairs: list[tuple[GraphQLWebSocket, Subscription]]) -> None:
+    # Complete first and give the server a moment to stop its operations: an update it
+    # sends to a socket already closing is logged as an error on the server.
+    for _, sub in pairs:
+        with contextlib.suppress(Exception):
+            await sub.complete()
+    await asyncio.sleep(1)
+    for ws, _ in pairs:
+        with contextlib.suppress(Exception):
+            await ws.close()
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def stdin_closed() -> None:
+    await asyncio.to_thread(sys.stdin.read)
+
+
+async def listen(database_url: str) -> dict:
+    conn = await asyncpg.connect(database_url)
+    heard = 0
+
+    def count(*_: object) -> None:
+        nonlocal heard
+        heard += 1
+
+    await conn.add_listener(CHANNEL, count)
+    say("ready")
+    await stdin_closed()
+    await conn.close()
+    return {"notifications": heard}
+
+
+async def open_subscriptions(
+    session: aiohttp.ClientSession, server_url: str, sku: str, count: int
+) -> list[tuple[GraphQLWebSocket, Subscription]]:
+    gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
+
+    async def one() -> tuple[GraphQLWebSocket, Subscription]:
+        async with gate:
+            ws = await GraphQLWebSocket.connect(session, server_url)
+            sub = await ws.subscribe(AVAILABILITY, skus=[sku])
+            await sub.next(timeout=120)  # the snapshot
+            return ws, sub
+
+    return await asyncio.gather(*(one() for _ in range(count)))
+
+
+async def subscribe(server_url: str, sku: str, count: int) -> dict:
+    read = 0
+
+    async def reader(sub: Subscription) -> None:
+        nonlocal read
+        async for _ in sub.updates(timeout=3600):
+            read += 1
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        pairs = await open_subscriptions(session, server_url, sku, count)
+        readers = [asyncio.create_task(reader(sub)) for _, sub in pairs]
+        say("ready")
+        await stdin_closed()
+        failed = [t for t in readers if t.done() and t.exception()]  # before we cancel them
+        for task in readers:
+            task.cancel()
+        await close_all(pairs)
+    return {"subscribers": count, "updates_read": read, "readers_failed": len(failed)}
+
+
+async def fanout(server_url: str, sku: str, count: int, changes: int) -> dict:
+    arrivals: dict[int, list[float]] = defaultdict(list)
+
+    async def reader(sub: Subscription) -> None:
+        for _ in range(changes):
+            update = (await sub.next(timeout=120))["availability"]
+            arrivals[update["version"]].append(time.time())
+            if len(arrivals[update["version"]]) == count:
+                say(f"got {update['version']}")
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        pairs = await open_subscriptions(session, server_url, sku, count)
+        say("ready")
+        await asyncio.gather(*(reader(sub) for _, sub in pairs))
+        await close_all(pairs)
+    return {"arrivals": arrivals}
+
+
+def main() -> None:
+    mode, *args = sys.argv[1:]
+    if mode == "listen":
+        run = listen(args[0])
+    elif mode == "subscribe":
+        run = subscribe(args[0], args[1], int(args[2]))
+    elif mode == "fanout":
+        run = fanout(args[0], args[1], int(args[2]), int(args[3]))
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    say("result " + json.dumps(uvloop.run(run)))
+
+
+if __name__ == "__main__":
+    main()
