@@ -11,9 +11,10 @@ refused without being validated.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from graphql import (
+    ASTValidationRule,
     DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
@@ -58,12 +59,34 @@ def expanded_field_count(document: DocumentNode) -> int:
     return max((selection_size(op.selection_set, frozenset()) for op in operations), default=0)
 
 
-class GuardedValidationCache(ValidationCache):
-    # Strawberry's ValidationCache validates whatever it is given; refusing first, in the
-    # same hook, keeps an exploding document away from the validator.
-    def __init__(self, max_fields: int, maxsize: int) -> None:
+class RequestGuards(ValidationCache):
+    """Every limit a document meets before it runs, and the validation cache, in one.
+
+    One extension rather than four (MaxTokensLimiter, AddValidationRules for the alias
+    and depth rules, the refusals below, ValidationCache): Strawberry consults every
+    extension again for each subscription event, so each one costs on every update it
+    fans out. Strawberry's ValidationCache validates whatever it is given; refusing first,
+    in the same hook, keeps an exploding document away from the validator.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_tokens: int,
+        max_fields: int,
+        rules: Sequence[type[ASTValidationRule]],
+        maxsize: int,
+    ) -> None:
         super().__init__(maxsize=maxsize)
+        self.max_tokens = max_tokens
         self.max_fields = max_fields
+        self.rules = tuple(rules)
+
+    def on_operation(self) -> Iterator[None]:
+        context = self.execution_context
+        context.parse_options["max_tokens"] = self.max_tokens
+        context.validation_rules = context.validation_rules + self.rules
+        yield
 
     def on_validate(self) -> Iterator[None]:
         if refusal := self._refusal():

@@ -8,10 +8,8 @@ import strawberry
 from graphql import GraphQLError
 from strawberry import UNSET
 from strawberry.extensions import (
-    AddValidationRules,
     DisableIntrospection,
     MaxAliasesLimiter,
-    MaxTokensLimiter,
     ParserCache,
     QueryDepthLimiter,
 )
@@ -19,7 +17,7 @@ from strawberry.extensions import (
 from inventory_graphql.api.auth import IsAdmin
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.errors import ErrorPolicy
-from inventory_graphql.api.limits import GuardedValidationCache
+from inventory_graphql.api.limits import RequestGuards
 from inventory_graphql.api.observability import OperationMetrics
 from inventory_graphql.api.outcomes import ProductResult, ReserveResult, ResolveResult, to_graphql
 from inventory_graphql.api.subscriptions import Subscription
@@ -129,10 +127,10 @@ def build_schema(*, production: bool = False) -> strawberry.Schema:
         # document with variables hit these caches every time. (Factories: the caches are
         # module-level LRUs shared by the per-request extension objects.)
         lambda: ParserCache(maxsize=256),
-        lambda: GuardedValidationCache(max_fields=MAX_FIELDS, maxsize=256),
-        # Cheap refusals before any resolver runs.
-        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-        lambda: AddValidationRules(LIMIT_RULES),
+        # Cheap refusals before any resolver runs, then the cached validation.
+        lambda: RequestGuards(
+            max_tokens=MAX_TOKENS, max_fields=MAX_FIELDS, rules=LIMIT_RULES, maxsize=256
+        ),
         ErrorPolicy,
         OperationMetrics,
     ]
