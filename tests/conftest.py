@@ -84,7 +84,7 @@ class ServerProcess:
         self.log = log
         cmd = [sys.executable, "-m", "inventory_graphql", "serve", "--port", str(self.port)]
         self.process = subprocess.Popen(
-            [*cmd, *args, "--log-level", "warning"],
+            [*cmd, "--log-level", "warning", *args],  # args may override the log level
             env={**os.environ, **env},
             stdout=subprocess.DEVNULL if log is None else log.open("wb"),
             stderr=subprocess.STDOUT,
