@@ -24,6 +24,7 @@ from itertools import groupby
 
 import asyncpg
 
+from inventory_graphql.background import background
 from inventory_graphql.inventory import validation
 from inventory_graphql.inventory.errors import is_database_unavailable
 from inventory_graphql.inventory.models import (
@@ -129,13 +130,10 @@ class ReservationCoalescer:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[ReservationCoalescer]:
-        task = asyncio.create_task(self._run(), name="reservation-coalescer")
         try:
-            yield self
+            async with background(self._run(), "reservation-coalescer"):
+                yield self
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             for request in self._queue:  # shutting down: nothing was held for these
                 if not request.future.done():
                     request.future.cancel()

@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from inventory_graphql.background import background
 from inventory_graphql.inventory.reservations import Reservations
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,5 @@ class Sweeper:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Sweeper]:
-        task = asyncio.create_task(self.run(), name="hold-sweeper")
-        try:
+        async with background(self.run(), "hold-sweeper"):
             yield self
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

@@ -17,6 +17,7 @@ from datetime import datetime
 
 from broadcaster import Broadcast
 
+from inventory_graphql.background import background
 from inventory_graphql.inventory.catalog import Catalog
 from inventory_graphql.inventory.models import StockLevel
 from inventory_graphql.live.listener import RESYNC
@@ -110,10 +111,5 @@ class AvailabilityHub:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[AvailabilityHub]:
-        task = asyncio.create_task(self.run(), name="availability-hub")
-        try:
+        async with background(self.run(), "availability-hub"):
             yield self
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
