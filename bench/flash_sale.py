@@ -77,7 +77,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from secrets import token_hex
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 import psutil
@@ -85,7 +85,7 @@ import uvloop
 
 import inventory_graphql
 from bench.common import RESULTS, ROOT, machine, percentile, postgres, save, server_process
-from inventory_graphql.database import migrate
+from inventory_graphql.database import create_migrated_database
 from inventory_graphql.inventory.catalog import ADJUST
 
 DATABASE = "inventory_bench_flash_sale"
@@ -202,27 +202,6 @@ class Bench:
 
 
 # ---------------------------------------------------------------- database and products
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-async def fresh_database(server_url: str) -> str:
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {DATABASE}")
-    finally:
-        await conn.close()
-    url = with_database(server_url, DATABASE)
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return url
 
 
 async def seed(conn: asyncpg.Connection, prefix: str, count: int) -> Products:
@@ -1079,7 +1058,7 @@ def code_version() -> dict[str, Any]:
 async def run(plan: Plan) -> dict[str, Any]:
     started = time.time()
     with postgres() as server, tempfile.TemporaryDirectory(prefix="flash-sale-") as tmp:
-        url = await fresh_database(server)
+        url = await create_migrated_database(server, DATABASE, replace=True)
         conn = await asyncpg.connect(url)
         try:
             bench = Bench(plan, url, conn, Path(tmp))

@@ -21,7 +21,7 @@ from tests.support.graphql_ws import AVAILABILITY, GraphQLWebSocket
 
 from bench.common import machine, median, percentile, postgres, save, server_process
 from inventory_graphql.config import Settings
-from inventory_graphql.database import migrate
+from inventory_graphql.database import create_migrated_database
 from inventory_graphql.inventory.catalog import ADJUST
 from inventory_graphql.inventory.models import LineRequest, Reservation
 from inventory_graphql.inventory.service import InventoryService
@@ -136,13 +136,8 @@ async def fanout_delay(server_url: str, db_url: str, subscribers: int, changes: 
 
 async def main_async(args: argparse.Namespace) -> dict:
     with postgres() as server:
-        conn = await asyncpg.connect(server)
-        await conn.execute("DROP DATABASE IF EXISTS inventory_bench_live")
-        await conn.execute("CREATE DATABASE inventory_bench_live")
-        await conn.close()
-        url = server.replace("/postgres?", "/inventory_bench_live?")
+        url = await create_migrated_database(server, "inventory_bench_live", replace=True)
         conn = await asyncpg.connect(url)
-        await migrate(conn)
         await seed(conn)
         await conn.close()
         print("reservation throughput, NOTIFY trigger on vs off:", flush=True)

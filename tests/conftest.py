@@ -16,24 +16,18 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
 import pytest
 
 from inventory_graphql.config import Settings
-from inventory_graphql.database import migrate
+from inventory_graphql.database import create_migrated_database
 from inventory_graphql.embedded_db import embedded_postgres
 from inventory_graphql.inventory.reconcile import Report, reconcile
 from inventory_graphql.inventory.service import InventoryService
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @pytest.fixture(scope="session")
@@ -48,19 +42,7 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 async def create_database(server_url: str) -> str:
     """A fresh, migrated database on the server; its URL."""
-    name = f"inventory_test_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = with_database(server_url, name)
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return url
+    return await create_migrated_database(server_url, f"inventory_test_{secrets.token_hex(4)}")
 
 
 @pytest.fixture(scope="session")

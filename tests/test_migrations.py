@@ -7,8 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from inventory_graphql.database import migrate, migrations
-from tests.conftest import with_database
+from inventory_graphql.database import migrate, migrations, with_database
 
 
 @pytest.fixture
