@@ -17,6 +17,7 @@ from strawberry.extensions import (
 from inventory_graphql.api.auth import IsAdmin
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.errors import ErrorPolicy
+from inventory_graphql.api.execution import Executor
 from inventory_graphql.api.limits import RequestGuards
 from inventory_graphql.api.observability import OperationMetrics
 from inventory_graphql.api.outcomes import ProductResult, ReserveResult, ResolveResult, to_graphql
@@ -137,7 +138,11 @@ def build_schema(*, production: bool = False) -> strawberry.Schema:
     if production:
         extensions.append(DisableIntrospection)
     return InventorySchema(
-        query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=extensions,
+        execution_context_class=Executor,
     )
 
 
