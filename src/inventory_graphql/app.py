@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from inventory_graphql.api.auth import Tokens
+from inventory_graphql.api.delivery import Renderings
 from inventory_graphql.api.http import graphql_endpoint
 from inventory_graphql.api.schema import build_schema
 from inventory_graphql.body_limit import BodySizeLimitMiddleware
@@ -137,6 +138,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                             "hub": hub,
                             "listener": listener,
                             "metrics": metrics,
+                            "renderings": Renderings(),
                         }
                 finally:
                     metrics.unwatch()

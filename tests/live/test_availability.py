@@ -79,6 +79,69 @@ async def test_snapshot_then_every_lifecycle_change(socket, gql, make_product):
     await expect(12, 0)
 
 
+SHAPED = """
+subscription Shaped($skus: [String!]!, $withTime: Boolean!) {
+  stock: availability(skus: $skus) {
+    __typename
+    id: sku
+    left: available
+    ...Numbers
+    ... on AvailabilityUpdate { version }
+    updatedAt @include(if: $withTime)
+  }
+}
+fragment Numbers on AvailabilityUpdate { quantity reserved }
+"""
+
+
+async def test_updates_have_exactly_the_shape_each_subscriber_asked_for(socket, gql, make_product):
+    # Updates after the snapshot are rendered once per selection and shared: subscribers
+    # with one document but different variables must still get their own shape.
+    sku = await make_product(10)
+    timed = await socket.subscribe(SHAPED, skus=[sku], withTime=True)
+    untimed = await socket.subscribe(SHAPED, skus=[sku], withTime=False)
+    plain = await socket.subscribe(AVAILABILITY, skus=[sku])
+    subs = (timed, untimed, plain)
+    snapshots = [await sub.message() for sub in subs]
+    await gql.execute(RESERVE, lines=[{"sku": sku, "quantity": 3}])
+    updates = [await sub.message() for sub in subs]
+
+    for sub, snapshot, update in zip(subs, snapshots, updates, strict=True):
+        assert update["id"] == sub.id and update["type"] == "next"
+        assert list(update) == list(snapshot) and list(update["payload"]) == ["data"]
+        (field,) = update["payload"]["data"]
+        assert list(update["payload"]["data"][field]) == list(snapshot["payload"]["data"][field])
+    version = snapshots[0]["payload"]["data"]["stock"]["version"] + 1
+    timed_update = updates[0]["payload"]["data"]["stock"]
+    assert timed_update.pop("updatedAt") >= snapshots[0]["payload"]["data"]["stock"]["updatedAt"]
+    expected = {
+        "__typename": "AvailabilityUpdate",
+        "id": sku,
+        "left": 7,
+        "quantity": 10,
+        "reserved": 3,
+        "version": version,
+    }
+    assert timed_update == expected
+    assert updates[1]["payload"]["data"]["stock"] == expected
+    assert numbers(updates[2]["payload"]["data"]["availability"]) == (10, 3, 7)
+
+
+async def test_a_completed_subscription_gets_nothing_more(socket, gql, make_product):
+    sku = await make_product(10)
+    stays, leaves = [await socket.subscribe(AVAILABILITY, skus=[sku]) for _ in range(2)]
+    for sub in (stays, leaves):
+        await sub.next()  # snapshot
+    await gql.execute(RESERVE, lines=[{"sku": sku, "quantity": 1}])
+    for sub in (stays, leaves):
+        assert numbers((await sub.next())["availability"]) == (10, 1, 9)
+    await leaves.complete()
+    await gql.execute(RESERVE, lines=[{"sku": sku, "quantity": 1}])
+    assert numbers((await stays.next())["availability"]) == (10, 2, 8)
+    await asyncio.sleep(0.3)
+    assert leaves.waiting == 0
+
+
 async def test_a_plain_sql_update_reaches_subscribers(socket, db, make_product):
     sku = await make_product(5)
     sub = await socket.subscribe(AVAILABILITY, skus=[sku])

@@ -79,9 +79,18 @@ class Subscription:
         self.id = sub_id
         self._queue = queue
 
+    @property
+    def waiting(self) -> int:
+        """Messages received for this subscription and not read yet."""
+        return self._queue.qsize()
+
+    async def message(self, timeout: float = 10) -> dict[str, Any]:
+        """The next protocol message for this subscription, as the server sent it."""
+        return await asyncio.wait_for(self._queue.get(), timeout)
+
     async def next(self, timeout: float = 10) -> dict[str, Any]:
         """The next result's data; raises SubscriptionError on an error message."""
-        message = await asyncio.wait_for(self._queue.get(), timeout)
+        message = await self.message(timeout)
         if message["type"] == "next":
             payload = message["payload"]
             if payload.get("errors"):

@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from strawberry.dataloader import DataLoader
 
+from inventory_graphql.api.delivery import Renderings
 from inventory_graphql.inventory import models
 from inventory_graphql.inventory.service import InventoryService
 from inventory_graphql.live.hub import AvailabilityHub
@@ -23,6 +24,7 @@ class Context:
     hub: AvailabilityHub
     metrics: Metrics | None = None
     live_interval_seconds: float = 0.0
+    renderings: Renderings | None = None  # shared by this process's subscriptions
     is_admin: bool = False
     connection_params: object = None  # a WebSocket's connection_init payload
     products: DataLoader[str, models.Product | None] = field(init=False)

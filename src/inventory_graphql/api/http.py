@@ -13,11 +13,13 @@ from strawberry.schema import BaseSchema
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
+    Operation,
 )
 from strawberry.types.unset import UnsetType
 
 from inventory_graphql.api.auth import Tokens, bearer, connection_token
 from inventory_graphql.api.context import Context
+from inventory_graphql.api.delivery import current_operation
 
 BODY_SHAPE = "The request body must be one JSON object with a `query` (batching is off)."
 STOREFRONT_REFUSAL = "This needs the storefront token: send `Authorization: Bearer <token>`."
@@ -31,6 +33,12 @@ class TransportWsHandler(BaseGraphQLTransportWSHandler[Context, None]):
             await self.handle_invalid_message("Failed to parse message")
             return
         await super().handle_message(message)  # type: ignore[arg-type]
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        # The operation's own task: its resolvers can find their operation (and send
+        # updates straight to the socket, see delivery.py).
+        current_operation.set(operation)
+        await super().run_operation(operation)
 
 
 class GraphQLEndpoint(GraphQL[Context, None]):
@@ -72,6 +80,7 @@ class GraphQLEndpoint(GraphQL[Context, None]):
             service=state.service,
             hub=state.hub,
             metrics=state.metrics,
+            renderings=getattr(state, "renderings", None),
             live_interval_seconds=self.live_interval_seconds,
             is_admin=self.tokens.is_admin(token),
         )

@@ -10,6 +10,7 @@ import strawberry
 from graphql import GraphQLError
 
 from inventory_graphql.api.context import Context
+from inventory_graphql.api.delivery import Delivery
 from inventory_graphql.inventory import validation
 from inventory_graphql.inventory.models import StockLevel
 
@@ -35,6 +36,11 @@ class AvailabilityUpdate:
             version=level.version,
             updated_at=level.updated_at,
         )
+
+
+def _to_update(level: object) -> AvailabilityUpdate:
+    assert isinstance(level, StockLevel)
+    return AvailabilityUpdate.from_domain(level)
 
 
 def _bad_input(message: str) -> GraphQLError:
@@ -65,9 +71,18 @@ class Subscription:
             for product in products:
                 mailbox.offer(product.stock_level)
             pause = context.live_interval_seconds
+            delivery: Delivery | None = None
             while True:
                 for level in await mailbox.take():
-                    yield AvailabilityUpdate.from_domain(level)
+                    if delivery and (payload := await delivery.render(level, _to_update)):
+                        await delivery.send(payload)
+                    else:
+                        yield AvailabilityUpdate.from_domain(level)
+                # The first results (the snapshot) take the ordinary path; the rest go
+                # straight to the socket when the transport allows it.
+                # (Strawberry's Info does not expose the field nodes and fragments a
+                # rendering needs; graphql-core's does.)
+                delivery = delivery or Delivery.open(info._raw_info, context.renderings)
                 # At most one delivery per interval per subscriber; changes arriving
                 # meanwhile coalesce in the mailbox (latest wins) and go out together.
                 # The first change after a quiet spell goes out at once.
