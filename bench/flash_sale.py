@@ -330,10 +330,11 @@ async def wait_until_quiet(bench: Bench, pids: dict[str, int] | None = None) -> 
 
 
 class Client:
-    """A bench.flash_sale_clients process: `ready` when set up, `result {json}` at the end."""
+    """A bench.flash_sale_clients process: `ready` when set up, `result` at the end."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, result_file: Path) -> None:
         self.proc = proc
+        self.result_file = result_file
 
     @property
     def pid(self) -> int:
@@ -341,6 +342,8 @@ class Client:
 
     @classmethod
     async def start(cls, *args: str, ready_timeout: float = 300) -> Client:
+        handle, name = tempfile.mkstemp(prefix="bench-client-", suffix=".json")
+        os.close(handle)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -349,9 +352,9 @@ class Client:
             cwd=ROOT,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            limit=2**26,  # the fan-out result is one long line
+            env={**os.environ, "BENCH_RESULT_FILE": name},
         )
-        client = cls(proc)
+        client = cls(proc, Path(name))
         try:
             await client.expect("ready", ready_timeout)
         except BaseException:
@@ -372,14 +375,15 @@ class Client:
         self.proc.stdin.close()
         async with asyncio.timeout(timeout):
             while line := await self.proc.stdout.readline():
-                if line.startswith(b"result "):
+                if line.strip() == b"result":
                     await self.proc.wait()
-                    return json.loads(line[len(b"result ") :])
+                    return json.loads(self.result_file.read_text())
         raise RuntimeError("client process exited without a result")
 
     def kill(self) -> None:
         if self.proc.returncode is None:
             self.proc.kill()
+        self.result_file.unlink(missing_ok=True)
 
 
 @contextlib.asynccontextmanager

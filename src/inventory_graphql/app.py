@@ -16,6 +16,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from inventory_graphql import garbage_collection
 from inventory_graphql.api.auth import Tokens
 from inventory_graphql.api.delivery import Renderings
 from inventory_graphql.api.http import graphql_endpoint
@@ -133,6 +134,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                             await running.enter_async_context(service.coalescer.running())
                         await running.enter_async_context(sweeper.running())
                         await running.enter_async_context(hub.running())
+                        garbage_collection.tune()  # started: what exists now stays
                         yield {
                             "service": service,
                             "hub": hub,
