@@ -69,26 +69,49 @@ async def test_carts_in_a_batch_are_all_or_nothing_in_fifo_order(coalescer, db, 
     assert (await check(db)).ok
 
 
-async def test_a_failing_batch_does_not_fail_its_requests(coalescer, db, make_product, monkeypatch):
-    sku = await make_product(2)
+@pytest.mark.parametrize("path", ["_hold_singles_alone", "_hold"])
+async def test_a_failing_batch_does_not_fail_its_requests(
+    coalescer, db, make_product, monkeypatch, path
+):
+    sku, other = await make_product(2), await make_product(5)
+    failures = []
 
-    async def broken(conn, requests):
-        raise RuntimeError("simulated failure inside the batch transaction")
+    async def broken(*args):
+        failures.append(path)
+        raise RuntimeError("simulated failure inside the batch")
 
-    monkeypatch.setattr(coalescer, "_hold_singles", broken)
-    outcomes = await asyncio.gather(*(coalescer.reserve([LineRequest(sku, 1)]) for _ in range(3)))
+    monkeypatch.setattr(coalescer, path, broken)
+    requests = [[LineRequest(sku, 1)] for _ in range(3)]
+    if path == "_hold":  # a batch with a cart takes the transaction path
+        requests.append([LineRequest(other, 1), LineRequest(sku, 1)])
+    outcomes = await asyncio.gather(*(coalescer.reserve(lines) for lines in requests))
 
+    assert failures == [path], "the batch failed once, then each request was answered alone"
     assert Counter(type(o).__name__ for o in outcomes) == {
         "Reservation": 2,
-        "InsufficientStock": 1,
+        "InsufficientStock": len(requests) - 2,
     }
+    # Answered alone, concurrently: any two of them get the two units of `sku`.
+    granted = [
+        lines for lines, o in zip(requests, outcomes, strict=True) if isinstance(o, Reservation)
+    ]
     assert (await stock(db, sku))["reserved"] == 2
+    assert (await stock(db, other))["reserved"] == sum(len(lines) == 2 for lines in granted)
     assert (await check(db)).ok
 
 
 async def test_mixed_singles_and_carts_on_hot_products_never_oversell(
     coalescer, service, db, make_product
 ):
+    # Two coalescers, as two server processes would run: batches of single lines (one
+    # self-committing statement each) and batches with carts (a transaction) interleave
+    # on the same rows.
+    second = ReservationCoalescer(service.pool, service.reservations, max_batch=256)
+    async with second.running():
+        await _mixed_singles_and_carts(coalescer, second, service, db, make_product)
+
+
+async def _mixed_singles_and_carts(coalescer, second, service, db, make_product):
     hot = [await make_product(150) for _ in range(3)]
     random.seed(11)
     shapes = []
@@ -96,11 +119,13 @@ async def test_mixed_singles_and_carts_on_hot_products_never_oversell(
         k = random.choice([1, 1, 1, 2, 3])
         shapes.append([LineRequest(s, random.randint(1, 2)) for s in random.sample(hot, k)])
 
-    async def shopper(lines):
+    async def shopper(lines, via):
         await asyncio.sleep(random.random() / 50)  # arrive spread out, in many batches
-        return await coalescer.reserve(lines, ttl_seconds=600)
+        return await via.reserve(lines, ttl_seconds=600)
 
-    outcomes = await asyncio.gather(*(shopper(lines) for lines in shapes))
+    outcomes = await asyncio.gather(
+        *(shopper(lines, (coalescer, second)[i % 2]) for i, lines in enumerate(shapes))
+    )
 
     held: Counter[str] = Counter()
     for lines, outcome in zip(shapes, outcomes, strict=True):
@@ -114,7 +139,7 @@ async def test_mixed_singles_and_carts_on_hot_products_never_oversell(
         row = await stock(db, sku)
         assert row["reserved"] == held[sku] <= 150
     assert min([(await stock(db, sku))["available"] for sku in hot]) <= 1, "stock ran out"
-    assert coalescer.batches < len(shapes), "requests were coalesced"
+    assert coalescer.batches + second.batches < len(shapes), "requests were coalesced"
     # Release half, confirm the rest: stock comes back and leaves exactly.
     for i, outcome in enumerate(o for o in outcomes if isinstance(o, Reservation)):
         resolve = service.reservations.release if i % 2 else service.reservations.confirm

@@ -5,8 +5,10 @@ transaction tops out near 1 / commit latency, and every notifying commit takes a
 lock. Here requests queue in the process; while one batch is in the database the next
 one fills, and a batch is one transaction: each product is locked once (in sku order, so
 nothing deadlocks), single-line requests are granted by one set-based statement, and the
-whole batch commits (and NOTIFYs) once. No timer: an idle service runs a batch of one at
-once.
+whole batch commits (and NOTIFYs) once. A batch of single-line requests only (a flash
+sale's) is one self-committing statement: one round trip, and the row lock is never held
+while this process's event loop is busy elsewhere. No timer: an idle service runs a
+batch of one at once.
 
 Each request still gets its own answer, all-or-nothing, FIFO within a product. The
 database still makes every decision under its row locks; Python only routes answers.
@@ -41,7 +43,7 @@ from inventory_graphql.inventory.reservations import (
     explain_shortage,
     hold_lines,
 )
-from inventory_graphql.inventory.transactions import in_transaction
+from inventory_graphql.inventory.transactions import in_one_statement, in_transaction
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,51 @@ WITH request AS (
 )
 SELECT g.ord, h.created_at, h.expires_at
 FROM granted g JOIN hold h ON h.id = g.id
+"""
+
+
+# The same for a batch of single-line requests only, as one statement that is its own
+# transaction: it locks the products (in sku order, as every writer does), grants, holds
+# and commits in one round trip. The row lock is then held only inside PostgreSQL
+# (statement and commit), never across the network and this process's event loop.
+# FOR UPDATE returns each row's latest committed numbers, whatever the statement's
+# snapshot saw, and the UPDATE applies to that same latest version. Per request: whether
+# it was held, and its product's availability after the statement.
+GRANT_SINGLES_ALONE = """
+WITH request AS (
+    SELECT * FROM unnest($1::text[], $2::int[], $3::uuid[], $4::float8[]) WITH ORDINALITY
+        AS r(sku, quantity, id, ttl, ord)
+), locked AS (
+    SELECT id, sku, quantity - reserved AS available
+    FROM product WHERE sku = any($1::text[]) ORDER BY sku FOR UPDATE
+), fifo AS (
+    SELECT r.*, l.id AS product_id, l.available,
+           sum(r.quantity) OVER (PARTITION BY l.id ORDER BY r.ord) AS wanted_so_far
+    FROM request r JOIN locked l ON l.sku = r.sku
+), granted AS (
+    SELECT * FROM fifo WHERE wanted_so_far <= available
+), per_product AS (
+    SELECT product_id, sum(quantity)::int AS quantity FROM granted GROUP BY product_id
+), held AS (
+    UPDATE product p SET reserved = p.reserved + g.quantity, updated_at = now()
+    FROM per_product g
+    WHERE p.id = g.product_id
+), hold AS (
+    INSERT INTO reservation (id, expires_at)
+    SELECT id, now() + make_interval(secs => ttl) FROM granted
+    RETURNING id, created_at, expires_at
+), line AS (
+    INSERT INTO reservation_line (reservation_id, product_id, quantity)
+    SELECT id, product_id, quantity FROM granted
+), movement AS (
+    INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reservation_id)
+    SELECT product_id, 'RESERVE', 0, quantity, id FROM granted
+)
+SELECT f.ord, f.sku, f.available - coalesce(g.quantity, 0) AS available_after,
+       h.created_at, h.expires_at
+FROM fifo f
+LEFT JOIN per_product g ON g.product_id = f.product_id
+LEFT JOIN hold h ON h.id = f.id
 """
 
 
@@ -153,7 +200,10 @@ class ReservationCoalescer:
         if self._on_batch is not None:
             self._on_batch(len(batch))
         try:
-            outcomes = await in_transaction(self._pool, lambda conn: self._hold(conn, batch))
+            if all(request.single for request in batch):
+                outcomes = await self._hold_singles_alone(batch)
+            else:
+                outcomes = await in_transaction(self._pool, lambda conn: self._hold(conn, batch))
         except Exception as error:
             if is_database_unavailable(error):
                 for request in batch:  # nothing was held; each caller may retry
@@ -213,15 +263,7 @@ class ReservationCoalescer:
             )
             for row in rows:
                 request = requests[row["ord"] - 1]
-                line = request.lines[0]
-                held[request] = Reservation(
-                    id=str(request.id),
-                    status=ReservationStatus.PENDING,
-                    lines=(ReservationLine(line.sku, line.quantity),),
-                    created_at=row["created_at"],
-                    expires_at=row["expires_at"],
-                    resolved_at=None,
-                )
+                held[request] = _reservation(request, row)
             # A request refused only because a larger one before it did not fit may still
             # fit: another pass, in order, for those that fit what is left on their own.
             # Each pass grants at least the first of them per product, so this ends.
@@ -235,9 +277,57 @@ class ReservationCoalescer:
             ]
         return held
 
+    async def _hold_singles_alone(self, batch: list[_Request]) -> list[ReserveOutcome]:
+        """A batch of single-line requests, each pass one self-committing statement."""
+        held: dict[_Request, Reservation] = {}
+        available: dict[str, int] = {}
+        requests = batch
+        while requests:
+            rows = await in_one_statement(
+                self._pool,
+                lambda conn, requests=requests: conn.fetch(
+                    GRANT_SINGLES_ALONE,
+                    [r.lines[0].sku for r in requests],
+                    [r.lines[0].quantity for r in requests],
+                    [r.id for r in requests],
+                    [float(r.ttl) for r in requests],
+                ),
+            )
+            for row in rows:
+                request = requests[row["ord"] - 1]
+                available[row["sku"]] = row["available_after"]
+                if row["created_at"] is not None:
+                    held[request] = _reservation(request, row)
+            # A request refused only because a larger one before it did not fit may still
+            # fit: another pass, in order, for those that fit what is left on their own.
+            # Each pass grants at least the first of them per product, so this ends.
+            requests = [
+                r
+                for r in requests
+                if r not in held and r.lines[0].quantity <= available.get(r.lines[0].sku, 0)
+            ]
+        outcomes: list[ReserveOutcome] = []
+        for request in batch:
+            outcome = held.get(request) or explain_shortage(request.lines, available)
+            assert outcome is not None, "a refused request always has a short line"
+            outcomes.append(outcome)
+        return outcomes
+
     async def _hold_cart(self, conn: asyncpg.Connection, cart: _Request) -> Reservation | None:
         try:
             async with conn.transaction():  # a savepoint: a short cart undoes only itself
                 return await hold_lines(conn, cart.lines, cart.ttl)
         except Shortage:
             return None
+
+
+def _reservation(request: _Request, row: asyncpg.Record) -> Reservation:
+    line = request.lines[0]
+    return Reservation(
+        id=str(request.id),
+        status=ReservationStatus.PENDING,
+        lines=(ReservationLine(line.sku, line.quantity),),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        resolved_at=None,
+    )

@@ -33,10 +33,27 @@ async def in_transaction(
 
     `work` may raise `Rollback(result)` to undo everything and return `result`.
     """
+    return await _retried(pool, work, transaction=True)
+
+
+async def in_one_statement(
+    pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> T:
+    """Run `work`, which runs one statement: PostgreSQL makes it a transaction of its own
+    (one round trip, where BEGIN, the statement and COMMIT take three). Retried as above."""
+    return await _retried(pool, work, transaction=False)
+
+
+async def _retried(
+    pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]], transaction: bool
+) -> T:
     for attempt in range(ATTEMPTS):
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                return await work(conn)
+            async with pool.acquire() as conn:
+                if not transaction:
+                    return await work(conn)
+                async with conn.transaction():
+                    return await work(conn)
         except Rollback as rollback:
             return rollback.result
         except RETRIABLE:
