@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 
@@ -47,50 +47,20 @@ from inventory_graphql.inventory.transactions import in_one_statement, in_transa
 
 log = logging.getLogger(__name__)
 
+Fetch = Callable[..., Awaitable[list[asyncpg.Record]]]  # runs one statement, returns its rows
+
 LOCK_SKUS = "SELECT id FROM product WHERE sku = any($1::text[]) ORDER BY sku FOR UPDATE"
 
 # Grants single-line requests in FIFO order per product: a request is granted when it and
-# every request before it for the same product fit in what is available. The products are
-# already locked by this transaction, so the numbers read here are the current ones.
+# every request before it for the same product fit in what is available. It locks the
+# products itself (in sku order, as every writer does; FOR UPDATE returns each row's
+# latest committed numbers, whatever the statement's snapshot saw, and the UPDATE applies
+# to that same latest version), so it can be a transaction of its own: lock, grant, hold
+# and commit in one round trip, the row lock held only inside PostgreSQL, never across
+# the network and this process's event loop. Inside a batch transaction the products are
+# already locked and locking them again costs nothing. Per request: whether it was held,
+# and its product's availability after the statement.
 GRANT_SINGLES = """
-WITH request AS (
-    SELECT * FROM unnest($1::text[], $2::int[], $3::uuid[], $4::float8[]) WITH ORDINALITY
-        AS r(sku, quantity, id, ttl, ord)
-), fifo AS (
-    SELECT r.*, p.id AS product_id,
-           sum(r.quantity) OVER (PARTITION BY p.id ORDER BY r.ord) AS wanted_so_far,
-           p.quantity - p.reserved AS available
-    FROM request r JOIN product p ON p.sku = r.sku
-), granted AS (
-    SELECT * FROM fifo WHERE wanted_so_far <= available
-), held AS (
-    UPDATE product p SET reserved = p.reserved + g.quantity, updated_at = now()
-    FROM (SELECT product_id, sum(quantity)::int AS quantity FROM granted GROUP BY product_id) g
-    WHERE p.id = g.product_id
-), hold AS (
-    INSERT INTO reservation (id, expires_at)
-    SELECT id, now() + make_interval(secs => ttl) FROM granted
-    RETURNING id, created_at, expires_at
-), line AS (
-    INSERT INTO reservation_line (reservation_id, product_id, quantity)
-    SELECT id, product_id, quantity FROM granted
-), movement AS (
-    INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reservation_id)
-    SELECT product_id, 'RESERVE', 0, quantity, id FROM granted
-)
-SELECT g.ord, h.created_at, h.expires_at
-FROM granted g JOIN hold h ON h.id = g.id
-"""
-
-
-# The same for a batch of single-line requests only, as one statement that is its own
-# transaction: it locks the products (in sku order, as every writer does), grants, holds
-# and commits in one round trip. The row lock is then held only inside PostgreSQL
-# (statement and commit), never across the network and this process's event loop.
-# FOR UPDATE returns each row's latest committed numbers, whatever the statement's
-# snapshot saw, and the UPDATE applies to that same latest version. Per request: whether
-# it was held, and its product's availability after the statement.
-GRANT_SINGLES_ALONE = """
 WITH request AS (
     SELECT * FROM unnest($1::text[], $2::int[], $3::uuid[], $4::float8[]) WITH ORDINALITY
         AS r(sku, quantity, id, ttl, ord)
@@ -235,63 +205,27 @@ class ReservationCoalescer:
         # FIFO: runs of single-line requests go through one statement, carts one by one.
         for single, run in groupby(batch, key=lambda request: request.single):
             if single:
-                held.update(await self._hold_singles(conn, list(run)))
+                held.update((await self._hold_singles(list(run), conn.fetch))[0])
             else:
                 for cart in run:
                     if reservation := await self._hold_cart(conn, cart):
                         held[cart] = reservation
         rows = await conn.fetch(AVAILABLE, skus)
-        available = {r["sku"]: r["available"] for r in rows}
-        outcomes: list[ReserveOutcome] = []
-        for request in batch:
-            outcome = held.get(request) or explain_shortage(request.lines, available)
-            assert outcome is not None, "a refused request always has a short line"
-            outcomes.append(outcome)
-        return outcomes
+        return _outcomes(batch, held, {r["sku"]: r["available"] for r in rows})
 
     async def _hold_singles(
-        self, conn: asyncpg.Connection, requests: list[_Request]
-    ) -> dict[_Request, Reservation]:
+        self, requests: list[_Request], fetch: Fetch
+    ) -> tuple[dict[_Request, Reservation], dict[str, int]]:
+        """Grant single-line requests; the held ones, and availability per sku after."""
         held: dict[_Request, Reservation] = {}
+        available: dict[str, int] = {}
         while requests:
-            rows = await conn.fetch(
+            rows = await fetch(
                 GRANT_SINGLES,
                 [r.lines[0].sku for r in requests],
                 [r.lines[0].quantity for r in requests],
                 [r.id for r in requests],
                 [float(r.ttl) for r in requests],
-            )
-            for row in rows:
-                request = requests[row["ord"] - 1]
-                held[request] = _reservation(request, row)
-            # A request refused only because a larger one before it did not fit may still
-            # fit: another pass, in order, for those that fit what is left on their own.
-            # Each pass grants at least the first of them per product, so this ends.
-            refused = [r for r in requests if r not in held]
-            if not refused:
-                break
-            left = await conn.fetch(AVAILABLE, list({r.lines[0].sku for r in refused}))
-            available = {row["sku"]: row["available"] for row in left}
-            requests = [
-                r for r in refused if r.lines[0].quantity <= available.get(r.lines[0].sku, 0)
-            ]
-        return held
-
-    async def _hold_singles_alone(self, batch: list[_Request]) -> list[ReserveOutcome]:
-        """A batch of single-line requests, each pass one self-committing statement."""
-        held: dict[_Request, Reservation] = {}
-        available: dict[str, int] = {}
-        requests = batch
-        while requests:
-            rows = await in_one_statement(
-                self._pool,
-                lambda conn, requests=requests: conn.fetch(
-                    GRANT_SINGLES_ALONE,
-                    [r.lines[0].sku for r in requests],
-                    [r.lines[0].quantity for r in requests],
-                    [r.id for r in requests],
-                    [float(r.ttl) for r in requests],
-                ),
             )
             for row in rows:
                 request = requests[row["ord"] - 1]
@@ -306,12 +240,16 @@ class ReservationCoalescer:
                 for r in requests
                 if r not in held and r.lines[0].quantity <= available.get(r.lines[0].sku, 0)
             ]
-        outcomes: list[ReserveOutcome] = []
-        for request in batch:
-            outcome = held.get(request) or explain_shortage(request.lines, available)
-            assert outcome is not None, "a refused request always has a short line"
-            outcomes.append(outcome)
-        return outcomes
+        return held, available
+
+    async def _hold_singles_alone(self, batch: list[_Request]) -> list[ReserveOutcome]:
+        """A batch of single-line requests only: each pass a self-committing statement."""
+
+        async def fetch(query: str, *args: object) -> list[asyncpg.Record]:
+            return await in_one_statement(self._pool, lambda conn: conn.fetch(query, *args))
+
+        held, available = await self._hold_singles(batch, fetch)
+        return _outcomes(batch, held, available)
 
     async def _hold_cart(self, conn: asyncpg.Connection, cart: _Request) -> Reservation | None:
         try:
@@ -331,3 +269,15 @@ def _reservation(request: _Request, row: asyncpg.Record) -> Reservation:
         expires_at=row["expires_at"],
         resolved_at=None,
     )
+
+
+def _outcomes(
+    batch: list[_Request], held: dict[_Request, Reservation], available: dict[str, int]
+) -> list[ReserveOutcome]:
+    """Each request's answer: its hold, or the first of its lines that did not fit."""
+    outcomes: list[ReserveOutcome] = []
+    for request in batch:
+        outcome = held.get(request) or explain_shortage(request.lines, available)
+        assert outcome is not None, "a refused request always has a short line"
+        outcomes.append(outcome)
+    return outcomes
