@@ -55,9 +55,6 @@ class Renderings:
             self._texts.clear()  # rarely: updates are short-lived, a cold start is cheap
         self._texts[(selection, id(update))] = (update, text)
 
-    def __len__(self) -> int:
-        return len(self._texts)
-
 
 class Delivery:
     """One subscription's direct line to its WebSocket."""
