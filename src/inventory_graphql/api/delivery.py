@@ -92,7 +92,7 @@ class Delivery:
             return None
         return cls(info, operation, socket, renderings)
 
-    async def render(self, change: object, to_payload: Callable[[object], object]) -> str | None:
+    async def render(self, change: Any, to_payload: Callable[[Any], object]) -> str | None:
         """The `payload` JSON for a change (the object the hub shares between mailboxes),
         executed on `to_payload(change)`; None when executing it gave errors."""
         if (text := self._renderings.get(self.selection, change)) is not None:

@@ -80,7 +80,7 @@ class GraphQLEndpoint(GraphQL[Context, None]):
             service=state.service,
             hub=state.hub,
             metrics=state.metrics,
-            renderings=getattr(state, "renderings", None),
+            renderings=state.renderings,
             live_interval_seconds=self.live_interval_seconds,
             is_admin=self.tokens.is_admin(token),
         )

@@ -38,11 +38,6 @@ class AvailabilityUpdate:
         )
 
 
-def _to_update(level: object) -> AvailabilityUpdate:
-    assert isinstance(level, StockLevel)
-    return AvailabilityUpdate.from_domain(level)
-
-
 def _bad_input(message: str) -> GraphQLError:
     return GraphQLError(message, extensions={"code": "BAD_USER_INPUT"})
 
@@ -72,9 +67,10 @@ class Subscription:
                 mailbox.offer(product.stock_level)
             pause = context.live_interval_seconds
             delivery: Delivery | None = None
+            to_update = AvailabilityUpdate.from_domain
             while True:
                 for level in await mailbox.take():
-                    if delivery and (payload := await delivery.render(level, _to_update)):
+                    if delivery and (payload := await delivery.render(level, to_update)):
                         await delivery.send(payload)
                     else:
                         yield AvailabilityUpdate.from_domain(level)
