@@ -57,7 +57,7 @@ async def reserve_rate(
         while time.perf_counter() < stop:
             sku = skus[n % len(skus)]
             n += concurrency
-            outcome = await service.reservations.reserve([LineRequest(sku, 1)], ttl_seconds=3600)
+            outcome = await service.reserve([LineRequest(sku, 1)], ttl_seconds=3600)
             assert isinstance(outcome, Reservation), outcome
             done += 1
 

@@ -86,6 +86,21 @@ def _readings(
             "coalesced reservation batches (one transaction each)",
             lambda: coalescer.batches if coalescer else 0,
         ),
+        "inventory_queued_reservations": (
+            "gauge",
+            "reserves waiting for a batch (bounded by INVENTORY_MAX_QUEUED_RESERVATIONS)",
+            lambda: coalescer.queued if coalescer else 0,
+        ),
+        "inventory_contended_products": (
+            "gauge",
+            "products whose rows were found locked past lock_timeout, served one at a time",
+            lambda: service.contention.count,
+        ),
+        "inventory_given_back_holds": (
+            "counter",
+            "holds released because their clients left or were told an error",
+            lambda: service.give_back.released_total,
+        ),
         "inventory_expired_holds": (
             "counter",
             "holds expired by this process's sweeper",
@@ -112,7 +127,13 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
-        async with connect_pool(database_url, settings.pool_size) as pool:
+        async with connect_pool(
+            database_url,
+            settings.pool_size,
+            lock_timeout_ms=settings.lock_timeout_ms,
+            statement_timeout_ms=settings.statement_timeout_ms,
+            acquire_timeout=settings.request_timeout_seconds,
+        ) as pool:
             async with pool.acquire() as conn:
                 await migrate(conn)
             service = InventoryService.from_pool(
@@ -130,8 +151,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                 metrics.watch(_readings(service, hub, listener, sweeper))
                 try:
                     async with contextlib.AsyncExitStack() as running:
-                        if service.coalescer is not None:
-                            await running.enter_async_context(service.coalescer.running())
+                        await running.enter_async_context(service.running())
                         await running.enter_async_context(sweeper.running())
                         await running.enter_async_context(hub.running())
                         garbage_collection.tune()  # started: what exists now stays

@@ -42,6 +42,15 @@ class Settings:
     max_batch: int = 256
     # How far past expiry a PENDING hold may be before `check` calls it a fault.
     overdue_grace_seconds: float = 5.0
+    # Deadlines. A statement waits at most lock_timeout for a row lock and runs at most
+    # statement_timeout; a reserve is answered within request_timeout (plus at most one
+    # lock_timeout for a batch already in the database); a pool connection is waited for
+    # at most request_timeout.
+    lock_timeout_ms: int = 500
+    statement_timeout_ms: int = 5000
+    request_timeout_seconds: float = 5.0
+    # Reserves waiting for the database in one process; past it, refused at once (BUSY).
+    max_queued_reservations: int = 2048
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -75,5 +84,15 @@ class Settings:
             max_batch=_int(env, "INVENTORY_MAX_BATCH", defaults.max_batch),
             overdue_grace_seconds=_float(
                 env, "INVENTORY_OVERDUE_GRACE_SECONDS", defaults.overdue_grace_seconds
+            ),
+            lock_timeout_ms=_int(env, "INVENTORY_LOCK_TIMEOUT_MS", defaults.lock_timeout_ms),
+            statement_timeout_ms=_int(
+                env, "INVENTORY_STATEMENT_TIMEOUT_MS", defaults.statement_timeout_ms
+            ),
+            request_timeout_seconds=_float(
+                env, "INVENTORY_REQUEST_TIMEOUT_SECONDS", defaults.request_timeout_seconds
+            ),
+            max_queued_reservations=_int(
+                env, "INVENTORY_MAX_QUEUED_RESERVATIONS", defaults.max_queued_reservations
             ),
         )

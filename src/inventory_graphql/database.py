@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -89,13 +90,57 @@ async def create_migrated_database(server_url: str, name: str, *, replace: bool 
     return url
 
 
+APPLICATION_NAME = "inventory-graphql"
+
+
+class BoundedPool(asyncpg.Pool):
+    """asyncpg's pool, but every acquire waits at most `acquire_timeout` by default.
+
+    asyncpg's own default is to wait forever, and its shortcuts (`pool.fetch` and the
+    like) acquire with that default; overriding `acquire` bounds them all in one place.
+    """
+
+    def __init__(self, *args: Any, acquire_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+
 @contextlib.asynccontextmanager
-async def connect_pool(database_url: str, size: int) -> AsyncIterator[asyncpg.Pool]:
+async def connect_pool(
+    database_url: str,
+    size: int,
+    *,
+    lock_timeout_ms: int = 500,
+    statement_timeout_ms: int = 5000,
+    acquire_timeout: float = 5.0,
+) -> AsyncIterator[asyncpg.Pool]:
     # A small pool on purpose: hundreds of backends fighting over one hot row are slower
     # than a few, so requests queue in the application instead.
     # A short connect timeout: while the database is away, requests fail fast instead of
     # hanging on a connection attempt.
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=size, timeout=5)
+    # The deadlines are session defaults (startup parameters): no round trip per
+    # transaction, and the pool's RESET ALL on release restores them.
+    pool = BoundedPool(
+        database_url,
+        acquire_timeout=acquire_timeout,
+        min_size=1,
+        max_size=size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        timeout=5,
+        server_settings={
+            "application_name": APPLICATION_NAME,
+            "lock_timeout": str(lock_timeout_ms),
+            "statement_timeout": str(statement_timeout_ms),
+        },
+    )
+    await pool
     try:
         yield pool
     finally:

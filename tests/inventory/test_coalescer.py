@@ -18,10 +18,20 @@ from inventory_graphql.inventory.models import (
 from tests.conftest import check, ledger, stock
 
 
+def coalescer_of(service, **options) -> ReservationCoalescer:
+    return ReservationCoalescer(
+        service.pool,
+        service.reservations,
+        service.give_back,
+        service.contention,
+        **{"max_batch": 256, "max_queued": 10_000, **options},
+    )
+
+
 @pytest.fixture
 async def coalescer(service):
-    running = ReservationCoalescer(service.pool, service.reservations, max_batch=256)
-    async with running.running():
+    running = coalescer_of(service)
+    async with service.give_back.running(), running.running():
         yield running
 
 
@@ -29,15 +39,16 @@ async def test_requests_queued_together_share_one_transaction(coalescer, db, mak
     sku = await make_product(3)
     # Queued in one tick, so they form one batch: FIFO, each refused one answered alone.
     outcomes = await asyncio.gather(
-        coalescer.reserve([LineRequest(sku, 2)]),
-        coalescer.reserve([LineRequest(sku, 2)]),  # does not fit after the first
-        coalescer.reserve([LineRequest(sku, 1)]),  # fits: FIFO does not block it
-        coalescer.reserve([LineRequest("NOPE-none", 1)]),
-        coalescer.reserve([LineRequest(sku, 1)]),  # sold out by now
+        coalescer.reserve([LineRequest(sku, 2)], 600),
+        coalescer.reserve([LineRequest(sku, 2)], 600),  # does not fit after the first
+        coalescer.reserve([LineRequest(sku, 1)], 600),  # fits: FIFO does not block it
+        coalescer.reserve([LineRequest("NOPE-none", 1)], 600),
+        coalescer.reserve([LineRequest(sku, 1)], 600),  # sold out by now
     )
     assert coalescer.batches == 1 and coalescer.batched_requests == 5
     assert isinstance(outcomes[0], Reservation) and isinstance(outcomes[2], Reservation)
-    assert outcomes[1] == InsufficientStock(sku, 2, 0)
+    # Each refusal tells the numbers of the pass that refused it: after the first grant.
+    assert outcomes[1] == InsufficientStock(sku, 2, 1)
     assert outcomes[3] == ProductNotFound("NOPE-none")
     assert outcomes[4] == InsufficientStock(sku, 1, 0)
     assert await stock(db, sku) == {"quantity": 3, "reserved": 3, "available": 0, "version": 3}
@@ -47,46 +58,48 @@ async def test_requests_queued_together_share_one_transaction(coalescer, db, mak
 
 async def test_an_idle_service_answers_a_lone_request_in_a_batch_of_one(coalescer, make_product):
     sku = await make_product(1)
-    assert isinstance(await coalescer.reserve([LineRequest(sku, 1)]), Reservation)
+    assert isinstance(await coalescer.reserve([LineRequest(sku, 1)], 600), Reservation)
     assert (coalescer.batches, coalescer.batched_requests) == (1, 1)
 
 
 async def test_carts_in_a_batch_are_all_or_nothing_in_fifo_order(coalescer, db, make_product):
     a, b = await make_product(3), await make_product(1)
     outcomes = await asyncio.gather(
-        coalescer.reserve([LineRequest(a, 1)]),
-        coalescer.reserve([LineRequest(b, 1), LineRequest(a, 1)]),  # takes the last b
-        coalescer.reserve([LineRequest(a, 1), LineRequest(b, 1)]),  # b is gone: nothing held
-        coalescer.reserve([LineRequest(a, 1)]),  # the last a
+        coalescer.reserve([LineRequest(a, 1)], 600),
+        coalescer.reserve([LineRequest(b, 1), LineRequest(a, 1)], 600),  # takes the last b
+        coalescer.reserve([LineRequest(a, 1), LineRequest(b, 1)], 600),  # b is gone: nothing held
+        coalescer.reserve([LineRequest(a, 1)], 600),  # the last a
     )
     assert coalescer.batches == 1
     kinds = [type(o).__name__ for o in outcomes]
     assert kinds == ["Reservation", "Reservation", "InsufficientStock", "Reservation"]
-    # Answers describe stock as the batch leaves it: by then a is gone too, and a is
-    # the cart's first line.
-    assert outcomes[2] == InsufficientStock(a, 1, 0)
+    # The refusal names the line that did not fit, as it stood under that row's lock.
+    assert outcomes[2] == InsufficientStock(b, 1, 0)
     assert (await stock(db, a))["reserved"] == 3 and (await stock(db, b))["reserved"] == 1
     assert (await check(db)).ok
 
 
-@pytest.mark.parametrize("path", ["_hold_singles_alone", "_hold"])
+@pytest.mark.parametrize("path", ["_fetch_alone", "_grant"])
 async def test_a_failing_batch_does_not_fail_its_requests(
     coalescer, db, make_product, monkeypatch, path
 ):
     sku, other = await make_product(2), await make_product(5)
     failures = []
+    working = getattr(coalescer, path)
 
     async def broken(*args):
+        if failures:
+            return await working(*args)
         failures.append(path)
         raise RuntimeError("simulated failure inside the batch")
 
     monkeypatch.setattr(coalescer, path, broken)
     requests = [[LineRequest(sku, 1)] for _ in range(3)]
-    if path == "_hold":  # a batch with a cart takes the transaction path
+    if path == "_grant":  # a batch with a cart takes the transaction path
         requests.append([LineRequest(other, 1), LineRequest(sku, 1)])
-    outcomes = await asyncio.gather(*(coalescer.reserve(lines) for lines in requests))
+    outcomes = await asyncio.gather(*(coalescer.reserve(lines, 600) for lines in requests))
 
-    assert failures == [path], "the batch failed once, then each request was answered alone"
+    assert failures == [path], "the batch failed once, then each request was retried alone"
     assert Counter(type(o).__name__ for o in outcomes) == {
         "Reservation": 2,
         "InsufficientStock": len(requests) - 2,
@@ -106,7 +119,7 @@ async def test_mixed_singles_and_carts_on_hot_products_never_oversell(
     # Two coalescers, as two server processes would run: batches of single lines (one
     # self-committing statement each) and batches with carts (a transaction) interleave
     # on the same rows.
-    second = ReservationCoalescer(service.pool, service.reservations, max_batch=256)
+    second = coalescer_of(service)
     async with second.running():
         await _mixed_singles_and_carts(coalescer, second, service, db, make_product)
 
@@ -121,7 +134,7 @@ async def _mixed_singles_and_carts(coalescer, second, service, db, make_product)
 
     async def shopper(lines, via):
         await asyncio.sleep(random.random() / 50)  # arrive spread out, in many batches
-        return await via.reserve(lines, ttl_seconds=600)
+        return await via.reserve(lines, 600)
 
     outcomes = await asyncio.gather(
         *(shopper(lines, (coalescer, second)[i % 2]) for i, lines in enumerate(shapes))

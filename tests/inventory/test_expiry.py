@@ -16,7 +16,7 @@ from tests.conftest import check, ledger, stock
 
 async def test_confirm_after_expiry_expires_the_hold_instead(service, db, make_product):
     sku = await make_product(3)
-    held = await service.reservations.reserve([LineRequest(sku, 2)], ttl_seconds=1)
+    held = await service.reserve([LineRequest(sku, 2)], ttl_seconds=1)
     assert isinstance(held, Reservation)
     await asyncio.sleep(1.1)  # past expiry; no sweeper runs in this process
 
@@ -29,7 +29,7 @@ async def test_confirm_after_expiry_expires_the_hold_instead(service, db, make_p
 
 async def test_release_after_expiry_answers_the_expired_hold(service, db, make_product):
     sku = await make_product(3)
-    held = await service.reservations.reserve([LineRequest(sku, 1)], ttl_seconds=1)
+    held = await service.reserve([LineRequest(sku, 1)], ttl_seconds=1)
     await asyncio.sleep(1.1)
 
     outcome = await service.reservations.release(held.id)
@@ -50,7 +50,7 @@ async def test_sweepers_in_several_processes_expire_each_hold_once(database_url,
     services = [InventoryService.from_pool(p, Settings()) for p in pools]
     try:
         for i in range(300):
-            outcome = await services[i % 2].reservations.reserve(
+            outcome = await services[i % 2].reserve(
                 [LineRequest(skus[i % 3], 1), LineRequest(skus[(i + 1) % 3], 2)], ttl_seconds=1
             )
             assert isinstance(outcome, Reservation)
@@ -103,7 +103,7 @@ async def test_a_backlog_of_100000_drains_in_batches_while_reserving(service, db
     made_during_drain = 0
     while not drain.done():
         for sku in (hot, other):
-            outcome = await service.reservations.reserve([LineRequest(sku, 1)], ttl_seconds=600)
+            outcome = await service.reserve([LineRequest(sku, 1)], ttl_seconds=600)
             assert isinstance(outcome, Reservation)
             made[sku] += 1
             made_during_drain += not drain.done()

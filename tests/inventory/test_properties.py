@@ -187,8 +187,9 @@ Shortage = ProductNotFound | InsufficientStock
 
 
 def first_shortage(lines: Sequence[LineRequest], available: dict[str, int]) -> Shortage | None:
-    """The first line in the caller's order that `available` cannot cover."""
-    for line in lines:
+    """The first line, in sku order (the order products are locked in), that `available`
+    cannot cover."""
+    for line in sorted(lines, key=lambda line: line.sku):
         if line.sku not in available:
             return ProductNotFound(line.sku)
         if available[line.sku] < line.quantity:
@@ -285,8 +286,7 @@ class Harness:
         self.db = await asyncpg.connect(url)
         self._stack.push_async_callback(self.db.close)
         self.service = InventoryService.from_pool(self.pool, Settings(), coalesce=self.coalesce)
-        if self.service.coalescer is not None:
-            await self._stack.enter_async_context(self.service.coalescer.running())
+        await self._stack.enter_async_context(self.service.running())
 
     async def _tidy(self) -> bool:
         """Leave nothing due behind (later examples count what a sweep expires); is the
@@ -620,7 +620,7 @@ class InventoryMachine(RuleBasedStateMachine):
                 self._make_due(hold)
         due = sorted(self.model.due(), key=lambda hold: hold.expires_at)
         limit = data.draw(st.integers(1, len(due) - 1), label="limit")
-        assert self.run(self.service.reservations.expire_due(limit)) == limit
+        assert self.run(self.service.reservations.expire_due(limit)) == (limit, [])
         for hold in due[:limit]:
             self.model.end(hold, EXPIRED)
 

@@ -2,9 +2,10 @@
 
 Expected failures are union members, never errors. What reaches here is either a GraphQL
 error made on purpose (validation, a bad argument, a missing token: shown as it is), a
-database outage (a clear, retriable error with HTTP 503), or a bug: masked to "Internal
-server error" with no trace, SQL, driver or file name, and logged with the request id that
-the response also carries.
+database outage or a busy product (a clear, retriable error with HTTP 503, code
+DATABASE_UNAVAILABLE or BUSY, and Retry-After; either way nothing is held for the
+request), or a bug: masked to "Internal server error" with no trace, SQL, driver or file
+name, and logged with the request id that the response also carries.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import logging
 from graphql import GraphQLError
 from strawberry.extensions import MaskErrors
 
-from inventory_graphql.inventory.errors import is_database_unavailable
+from inventory_graphql.inventory.errors import Busy, is_busy, is_database_unavailable
 from inventory_graphql.request_id import current_request_id
 
 log = logging.getLogger(__name__)
 
 UNAVAILABLE_MESSAGE = "The database is unavailable right now; retry shortly."
+BUSY_MESSAGE = "Busy: nothing was done within the deadline; retry shortly."
 
 
 class ErrorPolicy(MaskErrors):
@@ -34,7 +36,12 @@ class ErrorPolicy(MaskErrors):
         extensions = dict(error.extensions or {})
         message = error.message
         if original is not None and not isinstance(original, GraphQLError):
-            if is_database_unavailable(original):
+            if is_busy(original):
+                log.info("busy [request %s]: %r", request_id, original)
+                message = f"Busy: {original.reason}" if isinstance(original, Busy) else BUSY_MESSAGE
+                extensions.update(code="BUSY", retriable=True)
+                self._set_status(503)
+            elif is_database_unavailable(original):
                 log.warning("database unavailable [request %s]: %r", request_id, original)
                 message = UNAVAILABLE_MESSAGE
                 extensions.update(code="DATABASE_UNAVAILABLE", retriable=True)

@@ -16,6 +16,7 @@ from strawberry.extensions import (
 
 from inventory_graphql.api.auth import IsAdmin
 from inventory_graphql.api.context import Context
+from inventory_graphql.api.disconnect import unless_disconnected
 from inventory_graphql.api.errors import ErrorPolicy
 from inventory_graphql.api.execution import Executor
 from inventory_graphql.api.limits import RequestGuards
@@ -75,8 +76,9 @@ class Mutation:
         idempotency_key: str | None = UNSET,
     ) -> ReserveResult:
         requested = [LineRequest(line.sku, line.quantity) for line in lines]
-        outcome = await info.context.service.reserve(
-            requested, _given(ttl_seconds), _given(idempotency_key)
+        outcome = await unless_disconnected(
+            info.context.request,
+            info.context.service.reserve(requested, _given(ttl_seconds), _given(idempotency_key)),
         )
         if info.context.metrics is not None:
             info.context.metrics.reservations.labels(type(outcome).__name__).inc()

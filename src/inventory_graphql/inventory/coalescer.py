@@ -12,6 +12,15 @@ batch of one at once.
 
 Each request still gets its own answer, all-or-nothing, FIFO within a product. The
 database still makes every decision under its row locks; Python only routes answers.
+
+Told equals held. Every request has its id before anything is granted, so after any
+error (a failed pass, a cancelled statement, a connection broken around a commit) each
+undecided request's outcome is read back by id, which also voids the ids not held: a
+request is answered with its hold, or retried (a bounded number of times, with a new id),
+or answered with the error, and never granted twice. A request whose caller has gone
+(deadline, disconnect) is dropped while queued, and its hold given back if it was granted
+meanwhile. A product whose row someone else keeps locked gets a lane of its own, so the
+others never wait behind it (see contention.py).
 """
 
 from __future__ import annotations
@@ -20,29 +29,27 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 
 import asyncpg
 
 from inventory_graphql.background import background
-from inventory_graphql.inventory import validation
-from inventory_graphql.inventory.errors import is_database_unavailable
+from inventory_graphql.inventory.contention import Contention
+from inventory_graphql.inventory.errors import Busy, is_busy, is_database_unavailable
+from inventory_graphql.inventory.give_back import GiveBack
 from inventory_graphql.inventory.models import (
+    InsufficientStock,
     LineRequest,
+    ProductNotFound,
     Reservation,
     ReservationLine,
     ReservationStatus,
     ReserveOutcome,
 )
-from inventory_graphql.inventory.reservations import (
-    AVAILABLE,
-    Reservations,
-    Shortage,
-    explain_shortage,
-    hold_lines,
-)
+from inventory_graphql.inventory.reservations import Refusal, Reservations, hold_lines, pending
 from inventory_graphql.inventory.transactions import in_one_statement, in_transaction
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,20 @@ log = logging.getLogger(__name__)
 Fetch = Callable[..., Awaitable[list[asyncpg.Record]]]  # runs one statement, returns its rows
 
 LOCK_SKUS = "SELECT id FROM product WHERE sku = any($1::text[]) ORDER BY sku FOR UPDATE"
+
+# Which of these products are locked right now (by anyone)? Never waits.
+LOCKED_NOW = """
+SELECT sku FROM product
+WHERE sku = any($1::text[])
+  AND id NOT IN (SELECT id FROM product WHERE sku = any($1::text[]) FOR UPDATE SKIP LOCKED)
+"""
+
+# A pass grants at least one request per product unless other processes take the stock
+# in between; past this many, the rest wait for the next batch.
+MAX_PASSES = 16
+# Failures of the same request before it is answered with the error. Lock timeouts do
+# not count (the request waits in its product's lane until its deadline).
+MAX_FAILURES = 3
 
 # Grants single-line requests in FIFO order per product: a request is granted when it and
 # every request before it for the same product fit in what is available. It locks the
@@ -100,14 +121,36 @@ LEFT JOIN hold h ON h.id = f.id
 
 @dataclass(eq=False)
 class _Request:
-    lines: Sequence[LineRequest]
+    lines: tuple[LineRequest, ...]
     ttl: int
     future: asyncio.Future[ReserveOutcome]
     id: uuid.UUID = field(default_factory=uuid.uuid4)
+    failures: int = 0
+    alone: bool = False  # failed for a reason nobody understood: retried in a batch of one
 
     @property
     def single(self) -> bool:
         return len(self.lines) == 1
+
+    @property
+    def skus(self) -> list[str]:
+        return [line.sku for line in self.lines]
+
+    @property
+    def gone(self) -> bool:
+        """Answered, or its caller stopped waiting (deadline, disconnect)."""
+        return self.future.done()
+
+    def answer(self, outcome: ReserveOutcome) -> None:
+        if not self.future.done():
+            self.future.set_result(outcome)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+Decided = dict[_Request, ReserveOutcome]
 
 
 class ReservationCoalescer:
@@ -115,35 +158,45 @@ class ReservationCoalescer:
         self,
         pool: asyncpg.Pool,
         reservations: Reservations,
+        give_back: GiveBack,
+        contention: Contention,
+        *,
         max_batch: int,
+        max_queued: int,
+        max_lanes: int = 2,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._pool = pool
-        self._on_batch = on_batch  # told each batch's size (metrics)
         self._reservations = reservations
+        self._give_back = give_back
+        self._contention = contention
+        self._on_batch = on_batch  # told each batch's size (metrics)
         self._max_batch = max_batch
-        self._queue: list[_Request] = []
+        self._max_queued = max_queued
+        self._queue: deque[_Request] = deque()
+        self._lanes: dict[str, deque[_Request]] = {}  # contended sku -> its requests
+        self._lane_slots = asyncio.Semaphore(max_lanes)  # lanes waiting on locks at once
+        self._lane_tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: set[_Request] = set()
         self._wake = asyncio.Event()
         self.batches = 0
         self.batched_requests = 0
 
-    async def reserve(
-        self,
-        lines: Sequence[LineRequest],
-        ttl_seconds: int | None = None,
-        idempotency_key: str | None = None,
-    ) -> ReserveOutcome:
-        if invalid := validation.check_reserve(lines, ttl_seconds, idempotency_key):
-            return invalid
-        if idempotency_key is not None:
-            # A keyed reserve may wait on another transaction's uncommitted key; inside a
-            # batch that already holds product locks, that wait could deadlock.
-            return await self._reservations.reserve(lines, ttl_seconds, idempotency_key)
-        ttl = self._reservations.default_ttl if ttl_seconds is None else ttl_seconds
-        request = _Request(tuple(lines), ttl, asyncio.get_running_loop().create_future())
-        self._queue.append(request)
-        self._wake.set()
-        return await request.future
+    @property
+    def queued(self) -> int:
+        return len(self._queue) + sum(len(lane) for lane in self._lanes.values())
+
+    async def reserve(self, lines: Sequence[LineRequest], ttl_seconds: int) -> ReserveOutcome:
+        """Hold every line or none, in a batch with concurrent requests. Inputs are valid.
+
+        Raises Busy at once when too many requests are waiting. Cancelling the call
+        abandons the request: dropped if still queued, its hold given back if granted.
+        """
+        if self.queued >= self._max_queued:
+            raise Busy("too many reservations are waiting; retry shortly")
+        request = _Request(tuple(lines), ttl_seconds, asyncio.get_running_loop().create_future())
+        self._enqueue([request])
+        return await request.future  # cancelling the caller cancels the future too
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[ReservationCoalescer]:
@@ -151,75 +204,150 @@ class ReservationCoalescer:
             async with background(self._run(), "reservation-coalescer"):
                 yield self
         finally:
-            for request in self._queue:  # shutting down: nothing was held for these
-                if not request.future.done():
-                    request.future.cancel()
+            for task in list(self._lane_tasks):
+                task.cancel()
+            await asyncio.gather(*self._lane_tasks, return_exceptions=True)
+            for request in [*self._queue, *(r for lane in self._lanes.values() for r in lane)]:
+                request.future.cancel()  # shutting down: nothing was held for these
+            # Interrupted in the database: whatever committed, nobody will hear of it.
+            self._give_back.add(request.id for request in self._in_flight)
+            for request in self._in_flight:
+                request.future.cancel()
+
+    # Queues and lanes
+
+    def _enqueue(self, requests: Iterable[_Request], *, front: bool = False) -> None:
+        main: list[_Request] = []
+        for request in requests:
+            contended = self._contention.contended(request.skus)
+            if contended:
+                self._to_lane(contended[0], request, front=front)
+            else:
+                main.append(request)
+        if front:
+            self._queue.extendleft(reversed(main))
+        else:
+            self._queue.extend(main)
+        if main:
+            self._wake.set()
+
+    def _to_lane(self, sku: str, request: _Request, *, front: bool) -> None:
+        lane = self._lanes.get(sku)
+        if lane is None:
+            lane = self._lanes[sku] = deque()
+            task = asyncio.create_task(self._run_lane(sku, lane), name=f"lane-{sku}")
+            self._lane_tasks.add(task)
+            task.add_done_callback(self._lane_tasks.discard)
+        if front:
+            lane.appendleft(request)
+        else:
+            lane.append(request)
+
+    def _take(self, queue: deque[_Request], *, lane: bool) -> list[_Request]:
+        """The next batch: live requests in FIFO order; a request that must go alone, alone."""
+        batch: list[_Request] = []
+        while queue and len(batch) < self._max_batch:
+            request = queue[0]
+            if request.gone:
+                queue.popleft()  # its caller stopped waiting: never granted
+                continue
+            if not lane and (contended := self._contention.contended(request.skus)):
+                queue.popleft()
+                self._to_lane(contended[0], request, front=False)
+                continue
+            if request.alone and batch:
+                break
+            batch.append(queue.popleft())
+            if request.alone:
+                break
+        return batch
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                await self._answer(batch)
+            while batch := self._take(self._queue, lane=False):
+                await self._answer_safely(batch)
 
-    async def _answer(self, batch: list[_Request]) -> None:
+    async def _run_lane(self, sku: str, lane: deque[_Request]) -> None:
+        """Requests for a product someone else keeps locked: one batch at a time, each
+        waiting at most lock_timeout, until one gets through or nobody is waiting."""
+        try:
+            async with self._lane_slots:
+                while batch := self._take(lane, lane=True):
+                    if await self._answer_safely(batch):
+                        self._contention.clear([sku])
+                        break
+        finally:
+            if self._lanes.get(sku) is lane:
+                del self._lanes[sku]
+            self._enqueue(lane, front=True)  # what is left goes back to the main queue
+
+    # A batch
+
+    async def _answer_safely(self, batch: list[_Request]) -> bool:
+        try:
+            return await self._answer(batch)
+        except Exception as error:  # a bug here must not stop the coalescer
+            log.exception("answering a batch of %d failed", len(batch))
+            self._give_back.add(request.id for request in batch if not request.gone)
+            for request in batch:
+                request.fail(error)
+            return True
+
+    async def _answer(self, batch: list[_Request]) -> bool:
+        """Decide and answer every request of the batch; False if a lock held it up."""
         self.batches += 1
         self.batched_requests += len(batch)
         if self._on_batch is not None:
             self._on_batch(len(batch))
+        self._in_flight.update(batch)
+        decided: Decided = {}
         try:
             if all(request.single for request in batch):
-                outcomes = await self._hold_singles_alone(batch)
+                await self._grant_singles(batch, self._fetch_alone, decided)
             else:
-                outcomes = await in_transaction(self._pool, lambda conn: self._hold(conn, batch))
+                decided.update(
+                    await in_transaction(self._pool, lambda conn: self._grant(conn, batch))
+                )
         except Exception as error:
-            if is_database_unavailable(error):
-                for request in batch:  # nothing was held; each caller may retry
-                    if not request.future.done():
-                        request.future.set_exception(error)
-                return
-            # One request must not fail the others: answer each on its own.
-            log.exception("batch of %d failed; answering its requests one by one", len(batch))
-            await asyncio.gather(*(self._answer_alone(request) for request in batch))
-            return
-        for request, outcome in zip(batch, outcomes, strict=True):
-            if not request.future.done():
-                request.future.set_result(outcome)
+            await self._recover(batch, decided, error)
+            return not is_busy(error)
+        finally:
+            self._in_flight.difference_update(batch)
+            self._deliver(decided)
+        return True
 
-    async def _answer_alone(self, request: _Request) -> None:
-        try:
-            outcome = await self._reservations.reserve(request.lines, request.ttl)
-        except Exception as error:
-            if not request.future.done():
-                request.future.set_exception(error)
-        else:
-            if not request.future.done():
-                request.future.set_result(outcome)
+    async def _fetch_alone(self, query: str, *args: object) -> list[asyncpg.Record]:
+        """One self-committing statement."""
+        return await in_one_statement(self._pool, lambda conn: conn.fetch(query, *args))
 
-    async def _hold(self, conn: asyncpg.Connection, batch: list[_Request]) -> list[ReserveOutcome]:
-        skus = sorted({line.sku for request in batch for line in request.lines})
-        await conn.execute(LOCK_SKUS, skus)
-        held: dict[_Request, Reservation] = {}
+    async def _grant(self, conn: asyncpg.Connection, batch: list[_Request]) -> Decided:
+        """A batch with carts, in the caller's transaction (committed after this returns)."""
+        await conn.execute(LOCK_SKUS, sorted({sku for request in batch for sku in request.skus}))
+        decided: Decided = {}
         # FIFO: runs of single-line requests go through one statement, carts one by one.
         for single, run in groupby(batch, key=lambda request: request.single):
             if single:
-                held.update((await self._hold_singles(list(run), conn.fetch))[0])
+                await self._grant_singles(list(run), conn.fetch, decided)
             else:
                 for cart in run:
-                    if reservation := await self._hold_cart(conn, cart):
-                        held[cart] = reservation
-        rows = await conn.fetch(AVAILABLE, skus)
-        return _outcomes(batch, held, {r["sku"]: r["available"] for r in rows})
+                    decided[cart] = await _hold_cart(conn, cart)
+        return decided
 
-    async def _hold_singles(
-        self, requests: list[_Request], fetch: Fetch
-    ) -> tuple[dict[_Request, Reservation], dict[str, int]]:
-        """Grant single-line requests; the held ones, and availability per sku after."""
-        held: dict[_Request, Reservation] = {}
-        available: dict[str, int] = {}
-        while requests:
+    async def _grant_singles(
+        self, requests: list[_Request], fetch: Fetch, decided: Decided
+    ) -> None:
+        """Grant single-line requests, FIFO per product, into `decided`.
+
+        A request refused only because a larger one before it did not fit may still fit:
+        another pass, in order, for those that fit what was left on their own. Each
+        refusal is explained by the numbers of the pass that refused it, so the answer
+        is true whatever commits between passes.
+        """
+        for _ in range(MAX_PASSES):
+            if not requests:
+                return
             rows = await fetch(
                 GRANT_SINGLES,
                 [r.lines[0].sku for r in requests],
@@ -227,36 +355,111 @@ class ReservationCoalescer:
                 [r.id for r in requests],
                 [float(r.ttl) for r in requests],
             )
+            available: dict[str, int] = {}
             for row in rows:
                 request = requests[row["ord"] - 1]
                 available[row["sku"]] = row["available_after"]
                 if row["created_at"] is not None:
-                    held[request] = _reservation(request, row)
-            # A request refused only because a larger one before it did not fit may still
-            # fit: another pass, in order, for those that fit what is left on their own.
-            # Each pass grants at least the first of them per product, so this ends.
-            requests = [
-                r
-                for r in requests
-                if r not in held and r.lines[0].quantity <= available.get(r.lines[0].sku, 0)
-            ]
-        return held, available
+                    decided[request] = _reservation(request, row)
+            again = []
+            for request in requests:
+                if request in decided:
+                    continue
+                line = request.lines[0]
+                if line.sku not in available:
+                    decided[request] = ProductNotFound(line.sku)
+                elif available[line.sku] < line.quantity:
+                    decided[request] = InsufficientStock(
+                        line.sku, line.quantity, available[line.sku]
+                    )
+                else:
+                    again.append(request)
+            requests = again
+        self._enqueue(requests, front=True)  # others kept taking the stock: next batch
 
-    async def _hold_singles_alone(self, batch: list[_Request]) -> list[ReserveOutcome]:
-        """A batch of single-line requests only: each pass a self-committing statement."""
+    # After a failure
 
-        async def fetch(query: str, *args: object) -> list[asyncpg.Record]:
-            return await in_one_statement(self._pool, lambda conn: conn.fetch(query, *args))
-
-        held, available = await self._hold_singles(batch, fetch)
-        return _outcomes(batch, held, available)
-
-    async def _hold_cart(self, conn: asyncpg.Connection, cart: _Request) -> Reservation | None:
+    async def _recover(self, batch: list[_Request], decided: Decided, error: Exception) -> None:
+        """Answer what committed; retry or fail the rest. Never re-run a request blindly."""
+        undecided = [request for request in batch if request not in decided]
+        if not undecided:
+            return
         try:
-            async with conn.transaction():  # a savepoint: a short cart undoes only itself
-                return await hold_lines(conn, cart.lines, cart.ttl)
-        except Shortage:
-            return None
+            held = await self._reservations.held([request.id for request in undecided])
+        except Exception as read_error:
+            # The database cannot say what committed. Answer the error; whatever did
+            # commit is given back as soon as the database answers again.
+            log.warning("batch failed (%r) and could not be read back: %r", error, read_error)
+            self._give_back.add(request.id for request in undecided)
+            for request in undecided:
+                request.fail(error)
+            return
+        retry = []
+        for request in undecided:
+            if request.id in held:
+                decided[request] = pending(request.id, request.lines, held[request.id])
+            else:
+                request.id = uuid.uuid4()  # the old id is void now
+                retry.append(request)
+        if not retry:
+            return
+        if is_busy(error):
+            locked = await self._locked_now(retry)
+            self._contention.mark(locked)
+            if locked:  # they wait in their product's lane, until their deadline
+                self._enqueue(retry, front=True)
+                return
+        unexplained = not is_busy(error) and not is_database_unavailable(error)
+        if unexplained:
+            log.error("batch of %d failed; retrying its requests alone", len(batch), exc_info=error)
+        again = []
+        for request in retry:
+            request.failures += 1
+            # A failure nobody understood: once more in a batch of its own, then the error.
+            if request.failures >= MAX_FAILURES or (unexplained and len(batch) == 1):
+                request.fail(error)
+            else:
+                request.alone = unexplained
+                again.append(request)
+        self._enqueue(again, front=True)
+
+    async def _locked_now(self, requests: list[_Request]) -> list[str]:
+        skus = sorted({sku for request in requests for sku in request.skus})
+        try:
+            rows = await self._fetch_alone(LOCKED_NOW, skus)
+        except Exception:
+            return []
+        return [row["sku"] for row in rows]
+
+    def _deliver(self, decided: Decided) -> None:
+        gone = []
+        for request, outcome in decided.items():
+            if request.gone and isinstance(outcome, Reservation):
+                gone.append(request.id)  # granted after its caller left: give it back
+            else:
+                request.answer(outcome)
+        if gone:
+            self._give_back.add(gone)
+
+
+class _Refused(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__()
+        self.refusal = refusal
+
+
+async def _hold_cart(conn: asyncpg.Connection, cart: _Request) -> ReserveOutcome:
+    """A cart, all or nothing, in a savepoint: a refused cart undoes only itself, and
+    says why under the row lock of the line that did not fit."""
+    try:
+        async with conn.transaction():
+            held = await hold_lines(conn, cart.id, cart.lines, cart.ttl)
+            assert held is not None, "no idempotency key, so no conflict"
+            if not isinstance(held, Reservation):
+                raise _Refused(held)
+            return held
+    except _Refused as refused:
+        return refused.refusal
 
 
 def _reservation(request: _Request, row: asyncpg.Record) -> Reservation:
@@ -269,15 +472,3 @@ def _reservation(request: _Request, row: asyncpg.Record) -> Reservation:
         expires_at=row["expires_at"],
         resolved_at=None,
     )
-
-
-def _outcomes(
-    batch: list[_Request], held: dict[_Request, Reservation], available: dict[str, int]
-) -> list[ReserveOutcome]:
-    """Each request's answer: its hold, or the first of its lines that did not fit."""
-    outcomes: list[ReserveOutcome] = []
-    for request in batch:
-        outcome = held.get(request) or explain_shortage(request.lines, available)
-        assert outcome is not None, "a refused request always has a short line"
-        outcomes.append(outcome)
-    return outcomes

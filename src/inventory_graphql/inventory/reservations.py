@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from inventory_graphql.inventory import validation
+from inventory_graphql.inventory.errors import Busy
 from inventory_graphql.inventory.models import (
     IdempotencyKeyReused,
     InsufficientStock,
@@ -28,11 +29,13 @@ from inventory_graphql.inventory.models import (
 )
 from inventory_graphql.inventory.transactions import Rollback, in_transaction
 
+# The id is chosen by the caller before anything is held, so whatever happens to the
+# connection, the outcome can be read back by id (see VOID_UNLESS_HELD).
 # A concurrent caller with the same key waits here until the first one commits or rolls
 # back, then either finds the key taken (replay) or takes it: one hold per key.
 INSERT_RESERVATION = """
-INSERT INTO reservation (idempotency_key, expires_at)
-VALUES ($1, now() + make_interval(secs => $2))
+INSERT INTO reservation (id, idempotency_key, expires_at)
+VALUES ($1, $2, now() + make_interval(secs => $3))
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id, created_at, expires_at
 """
@@ -44,6 +47,11 @@ WHERE sku = $2 AND (quantity - reserved) >= $1
 RETURNING id
 """
 
+# Why a line did not fit, asked under the row lock inside the same transaction: the
+# answer is what was true when the cart was refused (and if stock came back in between,
+# the line is tried again, now certain to see the same numbers).
+LOCK_AVAILABLE = "SELECT quantity - reserved FROM product WHERE sku = $1 FOR UPDATE"
+
 INSERT_LINES = """
 WITH line AS (
     INSERT INTO reservation_line (reservation_id, product_id, quantity)
@@ -52,6 +60,21 @@ WITH line AS (
 )
 INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reservation_id)
 SELECT product_id, 'RESERVE', 0, quantity, $1 FROM line
+"""
+
+# Settles "was this request held?" after a fault. Inserting a VOID row with the request's
+# id waits on the primary key for any transaction still inserting that id; then it either
+# conflicts (the hold committed: it is read back next, in a new snapshot) or takes the id
+# for good, so a late commit of the same id fails instead of leaving a hold nobody knows.
+VOID_UNLESS_HELD = """
+INSERT INTO reservation (id, status, created_at, expires_at, resolved_at)
+SELECT id, 'VOID', now(), now() + interval '1 second', now() FROM unnest($1::uuid[]) AS id
+ON CONFLICT (id) DO NOTHING
+"""
+
+HELD = """
+SELECT id, created_at, expires_at FROM reservation
+WHERE id = any($1::uuid[]) AND status <> 'VOID'
 """
 
 AVAILABLE = "SELECT sku, quantity - reserved AS available FROM product WHERE sku = any($1::text[])"
@@ -78,17 +101,42 @@ WHERE id = $1 AND status = 'PENDING'
 RETURNING status
 """
 
-EXPIRE_DUE = """
-WITH due AS (
-    SELECT id FROM reservation
-    WHERE status = 'PENDING' AND expires_at <= now()
-    ORDER BY expires_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE reservation r SET status = 'EXPIRED', resolved_at = now()
-FROM due WHERE r.id = due.id
-RETURNING r.id
+# The sweeper never waits long: holds being resolved are skipped, and a product whose row
+# stays locked past SWEEP_LOCK_WAIT (a long transaction anywhere) is passed over with all
+# its holds, so the other products' holds still expire on time.
+SWEEP_LOCK_WAIT = "SET LOCAL lock_timeout = '200ms'"
+
+DUE = """
+SELECT r.id FROM reservation r
+WHERE r.status = 'PENDING' AND r.expires_at <= now()
+  AND NOT EXISTS (
+      SELECT 1 FROM reservation_line l
+      WHERE l.reservation_id = r.id AND l.product_id = any($2::bigint[]))
+ORDER BY r.expires_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+
+# Which products of these holds someone else has locked right now. Never waits.
+LOCKED_PRODUCTS_OF = """
+SELECT DISTINCT product_id FROM reservation_line
+WHERE reservation_id = any($1::uuid[])
+  AND product_id NOT IN (
+      SELECT id FROM product
+      WHERE id IN (SELECT product_id FROM reservation_line WHERE reservation_id = any($1::uuid[]))
+      FOR UPDATE SKIP LOCKED)
+"""
+
+EXPIRE = """
+UPDATE reservation SET status = 'EXPIRED', resolved_at = now()
+WHERE id = any($1::uuid[]) AND status = 'PENDING'
+"""
+
+# Holds whose clients will never learn of them (gone, or told an error), given back.
+RELEASE_PENDING = """
+UPDATE reservation SET status = 'RELEASED', resolved_at = now()
+WHERE id = any($1::uuid[]) AND status = 'PENDING'
+RETURNING id
 """
 
 LOCK_PRODUCTS_OF = """
@@ -135,30 +183,42 @@ async def settle(
     await conn.execute(SETTLE, ids, _MOVEMENT_OF[status], status is ReservationStatus.CONFIRMED)
 
 
-class Shortage(Exception):
-    """A line could not be held; the caller must roll back what was already held."""
+Refusal = ProductNotFound | InsufficientStock
 
 
 async def hold_lines(
     conn: asyncpg.Connection,
+    request_id: uuid.UUID,
     lines: Sequence[LineRequest],
     ttl_seconds: float,
     idempotency_key: str | None = None,
-) -> Reservation | None:
+) -> Reservation | Refusal | None:
     """Hold every line in the caller's transaction, locking products in sku order.
 
-    Returns None, having changed nothing, when the idempotency key is already taken.
-    Raises Shortage when a line is short or unknown.
+    Returns the hold; or why a line does not fit, true under that line's row lock (the
+    caller must then roll back what was held); or None, having changed nothing, when the
+    idempotency key is already taken. Raises Busy when a row stays locked too long.
     """
-    created = await conn.fetchrow(INSERT_RESERVATION, idempotency_key, float(ttl_seconds))
+    created = await conn.fetchrow(
+        INSERT_RESERVATION, request_id, idempotency_key, float(ttl_seconds)
+    )
     if created is None:
         return None
     in_lock_order = sorted(lines, key=lambda line: line.sku)
     product_ids = []
     for line in in_lock_order:
-        product_id = await conn.fetchval(RESERVE_LINE, line.quantity, line.sku)
-        if product_id is None:
-            raise Shortage(line.sku)
+        try:
+            product_id = await conn.fetchval(RESERVE_LINE, line.quantity, line.sku)
+            if product_id is None:
+                available = await conn.fetchval(LOCK_AVAILABLE, line.sku)
+                if available is None:
+                    return ProductNotFound(line.sku)
+                if available < line.quantity:
+                    return InsufficientStock(line.sku, line.quantity, available)
+                product_id = await conn.fetchval(RESERVE_LINE, line.quantity, line.sku)
+        except asyncpg.exceptions.LockNotAvailableError as error:
+            raise Busy(f"product {line.sku} is locked", (line.sku,)) from error
+        assert product_id is not None, "the row is locked and the line fits"
         product_ids.append(product_id)
     await conn.execute(
         INSERT_LINES, created["id"], product_ids, [line.quantity for line in in_lock_order]
@@ -169,6 +229,23 @@ async def hold_lines(
         lines=tuple(ReservationLine(line.sku, line.quantity) for line in in_lock_order),
         created_at=created["created_at"],
         expires_at=created["expires_at"],
+        resolved_at=None,
+    )
+
+
+def pending(
+    request_id: uuid.UUID, lines: Sequence[LineRequest], row: asyncpg.Record
+) -> Reservation:
+    """The hold a request got, from its reservation row (created_at, expires_at)."""
+    return Reservation(
+        id=str(request_id),
+        status=ReservationStatus.PENDING,
+        lines=tuple(
+            ReservationLine(line.sku, line.quantity)
+            for line in sorted(lines, key=lambda line: line.sku)
+        ),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
         resolved_at=None,
     )
 
@@ -192,18 +269,6 @@ def _same_lines(reservation: Reservation, lines: Sequence[LineRequest]) -> bool:
     return held == sorted((line.sku, line.quantity) for line in lines)
 
 
-def explain_shortage(
-    lines: Sequence[LineRequest], available: dict[str, int]
-) -> ProductNotFound | InsufficientStock | None:
-    """The first line, in the caller's order, that `available` cannot cover."""
-    for line in lines:
-        if line.sku not in available:
-            return ProductNotFound(line.sku)
-        if available[line.sku] < line.quantity:
-            return InsufficientStock(line.sku, line.quantity, available[line.sku])
-    return None
-
-
 class Reservations:
     def __init__(self, pool: asyncpg.Pool, default_ttl_seconds: int) -> None:
         self._pool = pool
@@ -218,32 +283,55 @@ class Reservations:
 
     async def reserve(
         self,
+        request_id: uuid.UUID,
         lines: Sequence[LineRequest],
-        ttl_seconds: int | None = None,
+        ttl_seconds: int,
         idempotency_key: str | None = None,
     ) -> ReserveOutcome:
-        """Hold every line or none of them."""
-        if invalid := validation.check_reserve(lines, ttl_seconds, idempotency_key):
-            return invalid
-        ttl = self.default_ttl if ttl_seconds is None else ttl_seconds
+        """Hold every line or none of them, in a transaction of its own.
 
-        async def hold(conn: asyncpg.Connection) -> ReserveOutcome | None:
-            try:
-                held = await hold_lines(conn, lines, ttl, idempotency_key)
-            except Shortage:
-                raise Rollback(None) from None  # short or unknown: explained after the rollback
+        Inputs are valid (the service checked them). After an error the outcome is read
+        back by id: a hold that committed is returned, whatever the error said.
+        """
+
+        async def hold(conn: asyncpg.Connection) -> ReserveOutcome:
+            held = await hold_lines(conn, request_id, lines, ttl_seconds, idempotency_key)
             if held is None:
                 raise Rollback(await self._replay(conn, idempotency_key, lines))
+            if not isinstance(held, Reservation):
+                raise Rollback(held)  # short or unknown: nothing stays held
             return held
 
-        while True:
-            outcome = await in_transaction(self._pool, hold)
-            if outcome is not None:
-                return outcome
-            shortage = await self._explain_shortage(lines)
-            if shortage is not None:
-                return shortage
-            # Stock came back between our attempt and the explanation: try again.
+        try:
+            return await in_transaction(self._pool, hold)
+        except Exception:
+            found = await self.held([request_id])  # raises if the database cannot tell
+            if request_id in found:
+                return pending(request_id, lines, found[request_id])
+            raise
+
+    async def held(self, request_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
+        """Of these request ids, those that hold stock (with created_at, expires_at).
+
+        The others are voided: from now on they can never be granted.
+        """
+        async with self._pool.acquire() as conn:
+            await conn.execute(VOID_UNLESS_HELD, request_ids)
+            rows = await conn.fetch(HELD, request_ids)
+        return {row["id"]: row for row in rows}
+
+    async def give_back(self, request_ids: Sequence[uuid.UUID]) -> int:
+        """Void these request ids, and release those that hold stock: their clients will
+        never learn of them. Returns how many holds were released."""
+
+        async def give_back(conn: asyncpg.Connection) -> int:
+            await conn.execute(VOID_UNLESS_HELD, request_ids)
+            released = [r["id"] for r in await conn.fetch(RELEASE_PENDING, request_ids)]
+            if released:
+                await settle(conn, released, ReservationStatus.RELEASED)
+            return len(released)
+
+        return await in_transaction(self._pool, give_back)
 
     async def _replay(
         self, conn: asyncpg.Connection, key: str | None, lines: Sequence[LineRequest]
@@ -252,12 +340,6 @@ class Reservations:
         row = await conn.fetchrow(SELECT_RESERVATION.format(where="r.idempotency_key = $1"), key)
         existing = _reservation_from_row(row)
         return existing if _same_lines(existing, lines) else IdempotencyKeyReused(key)
-
-    async def _explain_shortage(
-        self, lines: Sequence[LineRequest]
-    ) -> ProductNotFound | InsufficientStock | None:
-        rows = await self._pool.fetch(AVAILABLE, [line.sku for line in lines])
-        return explain_shortage(lines, {r["sku"]: r["available"] for r in rows})
 
     async def confirm(self, reservation_id: str) -> ResolveOutcome:
         """Payment went through: the held units leave the stock."""
@@ -287,13 +369,28 @@ class Reservations:
             return reservation  # done now, or by an earlier call: retrying is safe
         return ReservationNotPending(reservation.id, reservation.status)
 
-    async def expire_due(self, limit: int) -> int:
-        """Expire up to `limit` holds past their time; return how many."""
+    async def expire_due(
+        self, limit: int, skip_products: Sequence[int] = ()
+    ) -> tuple[int, list[int]]:
+        """Expire up to `limit` holds past their time, none on `skip_products`.
 
-        async def expire(conn: asyncpg.Connection) -> int:
-            ids = [r["id"] for r in await conn.fetch(EXPIRE_DUE, limit)]
-            if ids:
-                await settle(conn, ids, ReservationStatus.EXPIRED)
-            return len(ids)
+        Returns how many were expired; or, when a product row stayed locked, nothing
+        expired and the products found locked (pass them in `skip_products` next time).
+        """
+
+        async def expire(conn: asyncpg.Connection) -> tuple[int, list[int]]:
+            await conn.execute(SWEEP_LOCK_WAIT)
+            due = [r["id"] for r in await conn.fetch(DUE, limit, list(skip_products))]
+            if not due:
+                return 0, []
+            try:
+                async with conn.transaction():  # a savepoint, to ask who holds the lock
+                    await conn.execute(LOCK_PRODUCTS_OF, due)
+            except asyncpg.exceptions.LockNotAvailableError:
+                locked = await conn.fetch(LOCKED_PRODUCTS_OF, due)
+                return 0, [row["product_id"] for row in locked]
+            await conn.execute(EXPIRE, due)
+            await settle(conn, due, ReservationStatus.EXPIRED)
+            return len(due), []
 
         return await in_transaction(self._pool, expire)

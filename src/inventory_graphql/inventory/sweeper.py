@@ -1,7 +1,9 @@
 """Expires holds nobody resolved, in every server process.
 
 Several processes sweep safely together: each batch takes the due holds with
-`FOR UPDATE SKIP LOCKED`, so they split a backlog instead of queueing on it.
+`FOR UPDATE SKIP LOCKED`, so they split a backlog instead of queueing on it. A product
+whose row is locked (a long transaction anywhere) never stalls the sweeper either: its
+holds are passed over, the rest expire on time, and they are tried again next sweep.
 """
 
 from __future__ import annotations
@@ -27,9 +29,13 @@ class Sweeper:
     async def sweep_once(self) -> int:
         """Expire everything due now, one bounded batch (one short transaction) at a time."""
         swept = 0
+        passed_over: list[int] = []  # products whose rows someone keeps locked
         while True:
-            count = await self._reservations.expire_due(self._batch_size)
+            count, locked = await self._reservations.expire_due(self._batch_size, passed_over)
             swept += count
+            if locked:
+                passed_over += locked
+                continue
             if count < self._batch_size:
                 break
             await asyncio.sleep(0)  # let reservations in between batches
