@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
@@ -10,6 +11,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+log = logging.getLogger(__name__)
 
 # Any constant works; it only has to be the same in every process running migrations.
 _MIGRATION_LOCK = 0x1E7E_0001
@@ -94,7 +97,8 @@ APPLICATION_NAME = "inventory-graphql"
 
 
 class BoundedPool(asyncpg.Pool):
-    """asyncpg's pool, but every acquire waits at most `acquire_timeout` by default.
+    """asyncpg's pool, but every acquire waits at most `acquire_timeout` by default, and
+    a connection that breaks on its way back is dropped without an error.
 
     asyncpg's own default is to wait forever, and its shortcuts (`pool.fetch` and the
     like) acquire with that default; overriding `acquire` bounds them all in one place.
@@ -106,6 +110,15 @@ class BoundedPool(asyncpg.Pool):
 
     def acquire(self, *, timeout: float | None = None) -> Any:
         return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+    async def release(self, connection: Any, *, timeout: float | None = None) -> None:
+        # Returning a connection resets it, which fails on a connection that broke just
+        # after its last statement; asyncpg then discards it. That error must never
+        # replace a result the database has committed (nor the error on its way out).
+        try:
+            await super().release(connection, timeout=timeout)
+        except Exception as error:
+            log.warning("discarded a broken pool connection: %r", error)
 
 
 @contextlib.asynccontextmanager

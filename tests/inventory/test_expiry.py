@@ -118,3 +118,30 @@ async def test_a_backlog_of_100000_drains_in_batches_while_reserving(service, db
     )
     assert pending == 0
     assert (await check(db)).ok
+
+
+async def test_a_locked_product_does_not_stop_other_holds_expiring(
+    service, db, database_url, make_product
+):
+    """A row someone keeps locked (a psql prompt left open) holds up only its own holds."""
+    import asyncpg
+
+    locked, free = await make_product(10), await make_product(10)
+    for sku in (locked, free, locked, free):
+        assert isinstance(await service.reserve([LineRequest(sku, 1)], ttl_seconds=1), Reservation)
+    await asyncio.sleep(1.1)
+    blocker = await asyncpg.connect(database_url)
+    try:
+        async with blocker.transaction():
+            await blocker.execute("SELECT 1 FROM product WHERE sku = $1 FOR UPDATE", locked)
+            started = asyncio.get_running_loop().time()
+            swept = await Sweeper(service.reservations, interval=0, batch_size=1).sweep_once()
+            assert asyncio.get_running_loop().time() - started < 2
+            assert swept >= 2
+            assert (await stock(db, free))["reserved"] == 0
+            assert (await stock(db, locked))["reserved"] == 2  # passed over, not lost
+        swept = await Sweeper(service.reservations, interval=0, batch_size=1).sweep_once()
+        assert (await stock(db, locked))["reserved"] == 0
+    finally:
+        await blocker.close()
+    assert (await check(db)).ok

@@ -14,6 +14,8 @@ _UNAVAILABLE = (
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InterfaceError,
+    # "cannot switch to state ...": a connection left mid-operation when its server went.
+    asyncpg.exceptions.InternalClientError,
 )
 
 # A row stayed locked past lock_timeout, or a statement ran past statement_timeout (or was

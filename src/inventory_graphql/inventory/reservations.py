@@ -101,10 +101,13 @@ WHERE id = $1 AND status = 'PENDING'
 RETURNING status
 """
 
-# The sweeper never waits long: holds being resolved are skipped, and a product whose row
-# stays locked past SWEEP_LOCK_WAIT (a long transaction anywhere) is passed over with all
-# its holds, so the other products' holds still expire on time.
-SWEEP_LOCK_WAIT = "SET LOCAL lock_timeout = '200ms'"
+# The sweeper never holds one product row while waiting for another. It takes the due
+# holds (skipping those being resolved), then whichever of their products are free right
+# now, and expires the holds it has every product of. A product that was busy gets a
+# transaction of its own that waits for that row alone, at most SWEEP_LOCK_WAIT; a row
+# locked past that (a long transaction anywhere) is passed over with all its holds, so
+# the other products' holds still expire on time.
+SWEEP_LOCK_WAIT = "SET LOCAL lock_timeout = '500ms'"
 
 DUE = """
 SELECT r.id FROM reservation r
@@ -112,19 +115,25 @@ WHERE r.status = 'PENDING' AND r.expires_at <= now()
   AND NOT EXISTS (
       SELECT 1 FROM reservation_line l
       WHERE l.reservation_id = r.id AND l.product_id = any($2::bigint[]))
+  AND ($3::bigint IS NULL OR EXISTS (
+      SELECT 1 FROM reservation_line l WHERE l.reservation_id = r.id AND l.product_id = $3))
 ORDER BY r.expires_at
 LIMIT $1
 FOR UPDATE SKIP LOCKED
 """
 
-# Which products of these holds someone else has locked right now. Never waits.
-LOCKED_PRODUCTS_OF = """
-SELECT DISTINCT product_id FROM reservation_line
-WHERE reservation_id = any($1::uuid[])
-  AND product_id NOT IN (
-      SELECT id FROM product
-      WHERE id IN (SELECT product_id FROM reservation_line WHERE reservation_id = any($1::uuid[]))
-      FOR UPDATE SKIP LOCKED)
+LOCK_PRODUCT = "SELECT id FROM product WHERE id = $1 FOR UPDATE"
+
+LOCK_FREE_PRODUCTS_OF = """
+SELECT id FROM product
+WHERE id IN (SELECT product_id FROM reservation_line WHERE reservation_id = any($1::uuid[]))
+ORDER BY sku
+FOR UPDATE SKIP LOCKED
+"""
+
+# The lines of these holds, for telling which holds have all their products locked.
+LINES_OF = """
+SELECT reservation_id, product_id FROM reservation_line WHERE reservation_id = any($1::uuid[])
 """
 
 EXPIRE = """
@@ -370,27 +379,36 @@ class Reservations:
         return ReservationNotPending(reservation.id, reservation.status)
 
     async def expire_due(
-        self, limit: int, skip_products: Sequence[int] = ()
+        self, limit: int, skip_products: Sequence[int] = (), wait_for: int | None = None
     ) -> tuple[int, list[int]]:
         """Expire up to `limit` holds past their time, none on `skip_products`.
 
-        Returns how many were expired; or, when a product row stayed locked, nothing
-        expired and the products found locked (pass them in `skip_products` next time).
+        Without `wait_for`, waits for no product row. Returns how many were expired, and
+        the products that were busy (locked by someone else) at that moment. With
+        `wait_for`, expires holds on that product, waiting for its row alone; raises
+        asyncpg's LockNotAvailableError if it stays locked.
         """
 
         async def expire(conn: asyncpg.Connection) -> tuple[int, list[int]]:
             await conn.execute(SWEEP_LOCK_WAIT)
-            due = [r["id"] for r in await conn.fetch(DUE, limit, list(skip_products))]
+            due = [r["id"] for r in await conn.fetch(DUE, limit, list(skip_products), wait_for)]
             if not due:
                 return 0, []
-            try:
-                async with conn.transaction():  # a savepoint, to ask who holds the lock
-                    await conn.execute(LOCK_PRODUCTS_OF, due)
-            except asyncpg.exceptions.LockNotAvailableError:
-                locked = await conn.fetch(LOCKED_PRODUCTS_OF, due)
-                return 0, [row["product_id"] for row in locked]
-            await conn.execute(EXPIRE, due)
-            await settle(conn, due, ReservationStatus.EXPIRED)
-            return len(due), []
+            if wait_for is not None:
+                await conn.execute(LOCK_PRODUCT, wait_for)
+            free = {r["id"] for r in await conn.fetch(LOCK_FREE_PRODUCTS_OF, due)}
+            if wait_for is not None:
+                free.add(wait_for)
+            busy: set[int] = set()
+            blocked: set[uuid.UUID] = set()
+            for line in await conn.fetch(LINES_OF, due):
+                if line["product_id"] not in free:
+                    busy.add(line["product_id"])
+                    blocked.add(line["reservation_id"])
+            ready = [hold for hold in due if hold not in blocked]
+            if ready:
+                await conn.execute(EXPIRE, ready)
+                await settle(conn, ready, ReservationStatus.EXPIRED)
+            return len(ready), sorted(busy)
 
         return await in_transaction(self._pool, expire)

@@ -13,6 +13,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import asyncpg
+
 from inventory_graphql.background import background
 from inventory_graphql.inventory.reservations import Reservations
 
@@ -29,14 +31,21 @@ class Sweeper:
     async def sweep_once(self) -> int:
         """Expire everything due now, one bounded batch (one short transaction) at a time."""
         swept = 0
-        passed_over: list[int] = []  # products whose rows someone keeps locked
+        stuck: list[int] = []  # products whose rows someone keeps locked: passed over
         while True:
-            count, locked = await self._reservations.expire_due(self._batch_size, passed_over)
-            swept += count
-            if locked:
-                passed_over += locked
-                continue
-            if count < self._batch_size:
+            count, busy = await self._reservations.expire_due(self._batch_size, stuck)
+            progress, newly_stuck = count, False
+            for product in busy:  # each waited for alone, holding no other row
+                try:
+                    waited, _ = await self._reservations.expire_due(
+                        self._batch_size, stuck, wait_for=product
+                    )
+                    progress += waited
+                except asyncpg.exceptions.LockNotAvailableError:
+                    stuck.append(product)
+                    newly_stuck = True
+            swept += progress
+            if (not busy and count < self._batch_size) or not (progress or newly_stuck):
                 break
             await asyncio.sleep(0)  # let reservations in between batches
         self.expired_total += swept

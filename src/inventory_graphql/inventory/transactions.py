@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import asyncpg
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -65,19 +62,8 @@ async def _retried(
 async def _once(
     pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]], transaction: bool
 ) -> T:
-    conn = await pool.acquire()
-    try:
-        if transaction:
-            async with conn.transaction():
-                result = await work(conn)
-        else:
-            result = await work(conn)
-    finally:
-        # Returning the connection resets it, which fails on a connection that broke just
-        # after the commit; asyncpg then discards it. That error must never replace a
-        # result the database has committed (nor the error that is on its way out).
-        try:
-            await pool.release(conn)
-        except Exception as error:
-            log.warning("discarded a broken pool connection: %r", error)
-    return result
+    async with pool.acquire() as conn:
+        if not transaction:
+            return await work(conn)
+        async with conn.transaction():
+            return await work(conn)
