@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 from inventory_graphql.config import Settings
-from inventory_graphql.database import create_migrated_database
+from inventory_graphql.database import connect_pool, create_migrated_database
 from inventory_graphql.embedded_db import embedded_postgres
 from inventory_graphql.inventory.reconcile import Report, reconcile
 from inventory_graphql.inventory.service import InventoryService
@@ -151,10 +151,10 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest.fixture
 async def service(database_url: str) -> AsyncIterator[InventoryService]:
-    """The service in this process, without a sweeper: tests drive expiry themselves."""
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=8)
-    yield InventoryService.from_pool(pool, Settings())
-    await pool.close()
+    """The service in this process, on the server's own pool (deadlines included), without
+    a sweeper: tests drive expiry themselves."""
+    async with connect_pool(database_url, 8) as pool:
+        yield InventoryService.from_pool(pool, Settings())
 
 
 def new_sku(prefix: str = "T") -> str:
@@ -190,6 +190,30 @@ async def ledger(db: asyncpg.Connection, sku: str) -> list[tuple[str, int, int]]
         sku,
     )
     return [tuple(r) for r in rows]
+
+
+async def told_equals_held(db: asyncpg.Connection, skus: list[str], outcomes: list[Any]) -> None:
+    """Every hold on these products is one a caller was told about, with the lines it was
+    told, and every hold a caller was told about exists."""
+    rows = await db.fetch(
+        """
+        SELECT r.id::text, r.status::text,
+               array_agg(p.sku || ':' || l.quantity ORDER BY p.sku) AS lines
+        FROM reservation r JOIN reservation_line l ON l.reservation_id = r.id
+        JOIN product p ON p.id = l.product_id
+        WHERE r.id IN (SELECT reservation_id FROM reservation_line
+                       WHERE product_id IN (SELECT id FROM product WHERE sku = any($1::text[])))
+        GROUP BY r.id
+        """,
+        skus,
+    )
+    held = {row["id"]: row["lines"] for row in rows}
+    told = {
+        o.id: [f"{line.sku}:{line.quantity}" for line in o.lines]
+        for o in outcomes
+        if type(o).__name__ == "Reservation"
+    }
+    assert held == told, f"held but not told: {held.keys() - told.keys()}, told: {told}"
 
 
 async def check(db: asyncpg.Connection) -> Report:

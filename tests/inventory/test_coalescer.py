@@ -6,6 +6,7 @@ import asyncio
 import random
 from collections import Counter
 
+import asyncpg
 import pytest
 
 from inventory_graphql.inventory.coalescer import ReservationCoalescer
@@ -15,7 +16,7 @@ from inventory_graphql.inventory.models import (
     ProductNotFound,
     Reservation,
 )
-from tests.conftest import check, ledger, stock
+from tests.conftest import check, ledger, stock, told_equals_held
 
 
 def coalescer_of(service, **options) -> ReservationCoalescer:
@@ -159,3 +160,130 @@ async def _mixed_singles_and_carts(coalescer, second, service, db, make_product)
         assert isinstance(await resolve(outcome.id), Reservation)
     assert [(await stock(db, sku))["reserved"] for sku in hot] == [0, 0, 0]
     assert (await check(db)).ok
+
+
+# Told equals held: what each caller is told is what the database holds, whatever commits
+# between a batch's passes and whatever breaks in the middle of one.
+
+
+def after_first_pass(coalescer, step):
+    """Run `step` once, after the batch's first grant pass has committed and before the
+    next statement: deterministic, no sleeps."""
+    passes = coalescer._fetch_alone
+    ran = []
+
+    async def pass_then_step(query, *args):
+        rows = await passes(query, *args)
+        if not ran:
+            ran.append(await step())
+        return rows
+
+    coalescer._fetch_alone = pass_then_step
+    return ran
+
+
+async def test_stock_coming_back_between_passes_changes_no_answer(
+    coalescer, service, db, make_product
+):
+    sku = await make_product(5)
+    # [3, 4, 1] against 5: pass 1 grants 3 (the 4 does not fit, so neither does the 1 in
+    # FIFO order); then 5 are restocked; pass 2 grants the 1. Before, the 4 then looked
+    # grantable, an assertion failed and every request was reserved again (two orphans).
+    ran = after_first_pass(
+        coalescer, lambda: service.catalog.adjust_stock(sku, 5, "restock between passes")
+    )
+    outcomes = await asyncio.gather(
+        *(coalescer.reserve([LineRequest(sku, n)], 600) for n in (3, 4, 1))
+    )
+    assert ran and coalescer.batches == 1
+    assert isinstance(outcomes[0], Reservation) and isinstance(outcomes[2], Reservation)
+    assert outcomes[1] == InsufficientStock(sku, 4, 2)  # true when pass 1 refused it
+    assert await stock(db, sku) == {"quantity": 10, "reserved": 4, "available": 6, "version": 4}
+    await told_equals_held(db, [sku], outcomes)
+    assert (await check(db)).ok
+
+
+async def test_a_cancelled_second_pass_answers_what_the_first_committed(
+    coalescer, service, db, database_url, make_product
+):
+    sku = await make_product(5)
+    blocker = await asyncpg.connect(database_url)
+    block = blocker.transaction()
+
+    async def lock_the_row():
+        await block.start()
+        await blocker.execute("SELECT 1 FROM product WHERE sku = $1 FOR UPDATE", sku)
+
+    after_first_pass(coalescer, lock_the_row)
+    answers = asyncio.gather(*(coalescer.reserve([LineRequest(sku, n)], 600) for n in (3, 4, 1)))
+    # Pass 2 now waits for the row: cancel it, as pg_cancel_backend or a failover would.
+    for _ in range(500):
+        cancelled = await db.fetchval(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'inventory-graphql' AND wait_event_type = 'Lock'"
+        )
+        if cancelled:
+            break
+        await asyncio.sleep(0.01)
+    assert cancelled, "the second pass never waited on the row"
+    await block.rollback()
+    await blocker.close()
+    outcomes = await answers
+    # The first pass's hold is answered as held (before: 503 for every request, and the
+    # shopper's retry refused because of its own orphan); the cancelled request is
+    # retried and held, never twice.
+    assert isinstance(outcomes[0], Reservation) and isinstance(outcomes[2], Reservation)
+    assert outcomes[1] == InsufficientStock(sku, 4, 2)
+    assert (await stock(db, sku))["reserved"] == 4
+    await told_equals_held(db, [sku], outcomes)
+    assert (await check(db)).ok
+
+
+@pytest.mark.parametrize("path", ["singles", "carts"])
+async def test_a_connection_lost_after_commit_answers_the_committed_holds(
+    coalescer, service, db, make_product, monkeypatch, path
+):
+    sku, other = await make_product(10), await make_product(10)
+    requests = [[LineRequest(sku, 1)], [LineRequest(sku, 2)]]
+    if path == "carts":
+        requests.append([LineRequest(other, 1), LineRequest(sku, 3)])
+        work = coalescer._grant
+
+        async def commit_then_lose(conn, batch):
+            await work(conn, batch)
+            await conn.execute("COMMIT")  # the batch commits, and then the line goes dead
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+
+        monkeypatch.setattr(coalescer, "_grant", commit_then_lose)
+    else:
+        passes = coalescer._fetch_alone
+        lost = []
+
+        async def commit_then_lose(query, *args):
+            rows = await passes(query, *args)
+            if not lost:
+                lost.append(True)
+                raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+            return rows
+
+        monkeypatch.setattr(coalescer, "_fetch_alone", commit_then_lose)
+
+    outcomes = await asyncio.gather(*(coalescer.reserve(lines, 600) for lines in requests))
+
+    # Read back, not re-run: each request held once, as it was told.
+    assert all(isinstance(o, Reservation) for o in outcomes), outcomes
+    assert (await stock(db, sku))["reserved"] == sum(r[-1].quantity for r in requests)
+    await told_equals_held(db, [sku, other], outcomes)
+    assert (await check(db)).ok
+
+
+async def test_a_pool_connection_that_breaks_on_its_way_back_changes_no_result(
+    service, db, make_product
+):
+    sku = await make_product(3)
+    async with service.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT 1") == 1
+        await db.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+        await asyncio.sleep(0.1)
+    # No error on release; the pool replaced the connection and keeps serving.
+    assert isinstance(await service.reserve([LineRequest(sku, 1)]), Reservation)
