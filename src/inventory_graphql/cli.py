@@ -59,7 +59,8 @@ async def _check(url: str, settings: Settings) -> int:
     for problem in report.problems:
         print(f"MISMATCH {problem}")
     verdict = "ok" if report.ok else f"{len(report.problems)} problems"
-    print(f"checked {report.products} products and {report.holds} holds: {verdict}")
+    voided = f" ({report.voided} request ids voided after faults)" if report.voided else ""
+    print(f"checked {report.products} products and {report.holds} holds{voided}: {verdict}")
     return 0 if report.ok else 1
 
 

@@ -65,8 +65,8 @@ WHERE sku = any($1::text[])
   AND id NOT IN (SELECT id FROM product WHERE sku = any($1::text[]) FOR UPDATE SKIP LOCKED)
 """
 
-# A pass grants at least one request per product unless other processes take the stock
-# in between; past this many, the rest wait for the next batch.
+# A self-committing pass grants at least one request per product unless other processes
+# take the stock in between; past this many, the rest wait for the next batch.
 MAX_PASSES = 16
 # Failures of the same request before it is answered with the error. Lock timeouts do
 # not count (the request waits in its product's lane until its deadline).
@@ -177,7 +177,6 @@ class ReservationCoalescer:
         self._lanes: dict[str, deque[_Request]] = {}  # contended sku -> its requests
         self._lane_slots = asyncio.Semaphore(max_lanes)  # lanes waiting on locks at once
         self._lane_tasks: set[asyncio.Task[None]] = set()
-        self._in_flight: set[_Request] = set()
         self._wake = asyncio.Event()
         self.batches = 0
         self.batched_requests = 0
@@ -209,10 +208,6 @@ class ReservationCoalescer:
             await asyncio.gather(*self._lane_tasks, return_exceptions=True)
             for request in [*self._queue, *(r for lane in self._lanes.values() for r in lane)]:
                 request.future.cancel()  # shutting down: nothing was held for these
-            # Interrupted in the database: whatever committed, nobody will hear of it.
-            self._give_back.add(request.id for request in self._in_flight)
-            for request in self._in_flight:
-                request.future.cancel()
 
     # Queues and lanes
 
@@ -301,11 +296,11 @@ class ReservationCoalescer:
         self.batched_requests += len(batch)
         if self._on_batch is not None:
             self._on_batch(len(batch))
-        self._in_flight.update(batch)
         decided: Decided = {}
         try:
             if all(request.single for request in batch):
-                await self._grant_singles(batch, self._fetch_alone, decided)
+                left = await self._grant_singles(batch, self._fetch_alone, decided, MAX_PASSES)
+                self._enqueue(left, front=True)  # others kept taking the stock: next batch
             else:
                 decided.update(
                     await in_transaction(self._pool, lambda conn: self._grant(conn, batch))
@@ -313,8 +308,14 @@ class ReservationCoalescer:
         except Exception as error:
             await self._recover(batch, decided, error)
             return not is_busy(error)
+        except asyncio.CancelledError:
+            # Shutting down mid-batch: whatever of it committed, nobody will hear of.
+            undecided = [request for request in batch if request not in decided]
+            self._give_back.add(request.id for request in undecided)
+            for request in undecided:
+                request.future.cancel()
+            raise
         finally:
-            self._in_flight.difference_update(batch)
             self._deliver(decided)
         return True
 
@@ -328,26 +329,27 @@ class ReservationCoalescer:
         decided: Decided = {}
         # FIFO: runs of single-line requests go through one statement, carts one by one.
         for single, run in groupby(batch, key=lambda request: request.single):
-            if single:
-                await self._grant_singles(list(run), conn.fetch, decided)
+            if single:  # under this transaction's locks every pass grants: no limit
+                await self._grant_singles(list(run), conn.fetch, decided, None)
             else:
                 for cart in run:
                     decided[cart] = await _hold_cart(conn, cart)
         return decided
 
     async def _grant_singles(
-        self, requests: list[_Request], fetch: Fetch, decided: Decided
-    ) -> None:
+        self, requests: list[_Request], fetch: Fetch, decided: Decided, max_passes: int | None
+    ) -> list[_Request]:
         """Grant single-line requests, FIFO per product, into `decided`.
 
         A request refused only because a larger one before it did not fit may still fit:
         another pass, in order, for those that fit what was left on their own. Each
         refusal is explained by the numbers of the pass that refused it, so the answer
-        is true whatever commits between passes.
+        is true whatever commits between passes. Returns the requests still undecided
+        after `max_passes`.
         """
-        for _ in range(MAX_PASSES):
-            if not requests:
-                return
+        passes = 0
+        while requests and passes != max_passes:
+            passes += 1
             rows = await fetch(
                 GRANT_SINGLES,
                 [r.lines[0].sku for r in requests],
@@ -375,7 +377,7 @@ class ReservationCoalescer:
                 else:
                     again.append(request)
             requests = again
-        self._enqueue(requests, front=True)  # others kept taking the stock: next batch
+        return requests
 
     # After a failure
 
