@@ -21,6 +21,9 @@ from inventory_graphql.inventory.reservations import Reservations
 log = logging.getLogger(__name__)
 
 BATCH = 500
+# Ids kept while the database is away. Past this, new ones are dropped with a warning: a
+# hold nobody gives back still ends at its expiry (TTL), the backstop.
+MAX_WAITING = 100_000
 
 
 class GiveBack:
@@ -32,8 +35,14 @@ class GiveBack:
         self.released_total = 0
 
     def add(self, request_ids: Iterable[uuid.UUID]) -> None:
+        dropped = 0
         for request_id in request_ids:
-            self._ids[request_id] = None
+            if len(self._ids) < MAX_WAITING:
+                self._ids[request_id] = None
+            else:
+                dropped += 1
+        if dropped:
+            log.warning("%d holds left to expire by TTL: too many waiting to go back", dropped)
         self._wake.set()
 
     @property
