@@ -140,7 +140,9 @@ async def measure(
     return {**asdict(point), "ok": point.ok, "server_us_per_request": round(server_us, 1)}
 
 
-async def run(before_ref: str, plan: Plan, rounds: int) -> dict[str, Any]:
+async def run(
+    before_ref: str, plan: Plan, rounds: int, loads: list[str], clients_list: list[int]
+) -> dict[str, Any]:
     started = time.time()
     results: dict[str, list[dict[str, Any]]] = {version: [] for version in VERSIONS}
     with postgres() as server, tempfile.TemporaryDirectory(prefix="reserve-ab-") as tmp:
@@ -172,7 +174,7 @@ async def run(before_ref: str, plan: Plan, rounds: int) -> dict[str, Any]:
             for round_number in range(rounds):
                 order = VERSIONS if round_number % 2 == 0 else VERSIONS[::-1]
                 print(f"round {round_number + 1} of {rounds} ({order[0]} first)", flush=True)
-                for load, clients, version in itertools.product(LOADS, CLIENTS, order):
+                for load, clients, version in itertools.product(loads, clients_list, order):
                     repeat += 1
                     env = {**server_env("on"), "PYTHONPATH": paths[version]}
                     try:
@@ -186,7 +188,7 @@ async def run(before_ref: str, plan: Plan, rounds: int) -> dict[str, Any]:
                     print(f"  {progress(point)}", flush=True)
         finally:
             await conn.close()
-    summary = summarize(results)
+    summary = summarize(results, loads, clients_list)
     return {
         "machine": machine(),
         "postgres": settings,
@@ -219,10 +221,12 @@ def progress(p: dict[str, Any]) -> str:
     )
 
 
-def summarize(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def summarize(
+    results: dict[str, list[dict[str, Any]]], loads: list[str], clients_list: list[int]
+) -> list[dict[str, Any]]:
     rows = []
-    for load in LOADS:
-        for clients in CLIENTS:
+    for load in loads:
+        for clients in clients_list:
             mine = {
                 version: {
                     p["round"]: p for p in points if (p["load"], p["clients"]) == (load, clients)
@@ -366,6 +370,12 @@ def main() -> None:
         help="seconds the whole run may spend waiting for other processes' CPU use to drop "
         "before a point (default 60)",
     )
+    parser.add_argument(
+        "--loads", nargs="+", choices=list(LOADS), default=list(LOADS), help="default: both"
+    )
+    parser.add_argument(
+        "--clients", nargs="+", type=int, default=list(CLIENTS), help="default: 16 64"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not on PATH (apt-get install wrk)")
@@ -374,7 +384,7 @@ def main() -> None:
         seconds=args.seconds,
         warmup_seconds=2,
         ceiling_clients=(),
-        service_clients=CLIENTS,
+        service_clients=tuple(args.clients),
         live_off_clients=0,
         live_pairs=0,
         subscribers=args.subscribers,
@@ -383,7 +393,7 @@ def main() -> None:
         subscribers_per_process=1250,
         quiet_wait=args.quiet_wait,
     )
-    result = uvloop.run(run(args.before, plan, args.rounds))
+    result = uvloop.run(run(args.before, plan, args.rounds, args.loads, args.clients))
     print_points(result)
     print_stock(result)
     print_summary(result)

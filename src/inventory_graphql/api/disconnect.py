@@ -10,7 +10,6 @@ when it is completed or the socket closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -24,23 +23,25 @@ T = TypeVar("T")
 async def unless_disconnected(connection: HTTPConnection, work: Awaitable[T]) -> T:
     if not isinstance(connection, Request):
         return await work
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_hung_up(connection))
+    # The work runs in this task (no second task per request: that cost ~10% of a hot
+    # reserve's CPU); the watcher cancels this task when the client hangs up.
+    task = asyncio.current_task()
+    assert task is not None
+    watcher = asyncio.create_task(_cancel_on_hang_up(connection, task))
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not watcher.done() or watcher.cancelled():
+            raise  # cancelled by someone else (shutdown): not ours to swallow
+        task.uncancel()
+        raise Busy("the client disconnected") from None  # nobody reads this answer
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        raise Busy("the client disconnected")  # nobody reads this answer
-    return task.result()
 
 
-async def _hung_up(request: Request) -> None:
+async def _cancel_on_hang_up(request: Request, task: asyncio.Task[object]) -> None:
     # The body has been read: the next message is http.disconnect, when the client hangs
     # up (or once the response is complete, by which time nobody is waiting for this).
     while (await request.receive())["type"] != "http.disconnect":
         pass
+    task.cancel()
