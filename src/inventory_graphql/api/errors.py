@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+import asyncpg
 from graphql import GraphQLError
 from strawberry.extensions import MaskErrors
 
@@ -21,7 +22,8 @@ from inventory_graphql.request_id import current_request_id
 log = logging.getLogger(__name__)
 
 UNAVAILABLE_MESSAGE = "The database is unavailable right now; retry shortly."
-BUSY_MESSAGE = "Busy: nothing was done within the deadline; retry shortly."
+LOCKED_MESSAGE = "Busy: a product row stayed locked past the lock timeout; nothing was done."
+SLOW_MESSAGE = "Busy: the statement ran past its time limit; nothing was done."
 
 
 class ErrorPolicy(MaskErrors):
@@ -37,8 +39,13 @@ class ErrorPolicy(MaskErrors):
         message = error.message
         if original is not None and not isinstance(original, GraphQLError):
             if is_busy(original):
-                log.info("busy [request %s]: %r", request_id, original)
-                message = f"Busy: {original.reason}" if isinstance(original, Busy) else BUSY_MESSAGE
+                log.debug("busy [request %s]: %r", request_id, original)
+                if isinstance(original, Busy):
+                    message = f"Busy: {original.reason}"
+                elif isinstance(original, asyncpg.exceptions.LockNotAvailableError):
+                    message = LOCKED_MESSAGE
+                else:
+                    message = SLOW_MESSAGE
                 extensions.update(code="BUSY", retriable=True)
                 self._set_status(503)
             elif is_database_unavailable(original):

@@ -178,12 +178,17 @@ class ReservationCoalescer:
         self._lane_slots = asyncio.Semaphore(max_lanes)  # lanes waiting on locks at once
         self._lane_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._waiting = 0
         self.batches = 0
         self.batched_requests = 0
 
     @property
     def queued(self) -> int:
-        return len(self._queue) + sum(len(lane) for lane in self._lanes.values())
+        """Requests waiting for their answer: queued, in lanes, or in a batch."""
+        return self._waiting
+
+    def _answered(self, _: asyncio.Future[ReserveOutcome]) -> None:
+        self._waiting -= 1
 
     async def reserve(self, lines: Sequence[LineRequest], ttl_seconds: int) -> ReserveOutcome:
         """Hold every line or none, in a batch with concurrent requests. Inputs are valid.
@@ -194,6 +199,8 @@ class ReservationCoalescer:
         if self.queued >= self._max_queued:
             raise Busy("too many reservations are waiting; retry shortly")
         request = _Request(tuple(lines), ttl_seconds, asyncio.get_running_loop().create_future())
+        self._waiting += 1
+        request.future.add_done_callback(self._answered)  # answered, failed or abandoned
         self._enqueue([request])
         return await request.future  # cancelling the caller cancels the future too
 

@@ -7,8 +7,9 @@ overlap in any order cannot deadlock each other.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
@@ -296,14 +297,18 @@ class Reservations:
         lines: Sequence[LineRequest],
         ttl_seconds: int,
         idempotency_key: str | None = None,
+        wanted: Callable[[], bool] = lambda: True,
     ) -> ReserveOutcome:
         """Hold every line or none of them, in a transaction of its own.
 
         Inputs are valid (the service checked them). After an error the outcome is read
-        back by id: a hold that committed is returned, whatever the error said.
+        back by id: a hold that committed is returned, whatever the error said. `wanted`
+        is asked once a connection is had: False (the caller left meanwhile) cancels.
         """
 
         async def hold(conn: asyncpg.Connection) -> ReserveOutcome:
+            if not wanted():
+                raise asyncio.CancelledError  # nothing done: the caller is gone
             held = await hold_lines(conn, request_id, lines, ttl_seconds, idempotency_key)
             if held is None:
                 raise Rollback(await self._replay(conn, idempotency_key, lines))

@@ -116,13 +116,16 @@ class InventoryService:
             raise Busy("too many reservations are waiting; retry shortly")
         skus = [line.sku for line in lines]
         request_id = uuid.uuid4()
+        gone = False  # the caller left: a connection had after that is not used
         self._in_flight += 1
         try:
             async with self.contention.one_at_a_time(skus):
                 # Shielded: a client leaving must not cancel a statement mid-flight (its
                 # outcome would be unknown); once it ends, a hold nobody awaits goes back.
                 work = asyncio.ensure_future(
-                    self.reservations.reserve(request_id, lines, ttl, idempotency_key)
+                    self.reservations.reserve(
+                        request_id, lines, ttl, idempotency_key, wanted=lambda: not gone
+                    )
                 )
                 try:
                     outcome = await asyncio.shield(work)
@@ -130,6 +133,7 @@ class InventoryService:
                     self.contention.mark(busy.skus)
                     raise
                 except asyncio.CancelledError:
+                    gone = True
                     if idempotency_key is None:
                         work.add_done_callback(lambda _: self._abandoned(work, request_id))
                     raise
