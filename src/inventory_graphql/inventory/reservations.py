@@ -78,8 +78,6 @@ SELECT id, created_at, expires_at FROM reservation
 WHERE id = any($1::uuid[]) AND status <> 'VOID'
 """
 
-AVAILABLE = "SELECT sku, quantity - reserved AS available FROM product WHERE sku = any($1::text[])"
-
 SELECT_RESERVATION = """
 SELECT r.id, r.status, r.created_at, r.expires_at, r.resolved_at,
        array_agg(p.sku ORDER BY p.sku) AS skus,
