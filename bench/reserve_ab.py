@@ -141,7 +141,12 @@ async def measure(
 
 
 async def run(
-    before_ref: str, plan: Plan, rounds: int, loads: list[str], clients_list: list[int]
+    before_ref: str,
+    plan: Plan,
+    rounds: int,
+    loads: list[str],
+    clients_list: list[int],
+    coalesce: str = "on",
 ) -> dict[str, Any]:
     started = time.time()
     results: dict[str, list[dict[str, Any]]] = {version: [] for version in VERSIONS}
@@ -176,7 +181,7 @@ async def run(
                 print(f"round {round_number + 1} of {rounds} ({order[0]} first)", flush=True)
                 for load, clients, version in itertools.product(loads, clients_list, order):
                     repeat += 1
-                    env = {**server_env("on"), "PYTHONPATH": paths[version]}
+                    env = {**server_env(coalesce), "PYTHONPATH": paths[version]}
                     try:
                         point = await measure(bench, env, load, clients, repeat)
                     except Exception as error:  # record it, measure the rest
@@ -376,6 +381,11 @@ def main() -> None:
     parser.add_argument(
         "--clients", nargs="+", type=int, default=list(CLIENTS), help="default: 16 64"
     )
+    parser.add_argument(
+        "--per-request",
+        action="store_true",
+        help="measure the per-request path (INVENTORY_COALESCE_RESERVATIONS=off) instead",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not on PATH (apt-get install wrk)")
@@ -393,7 +403,16 @@ def main() -> None:
         subscribers_per_process=1250,
         quiet_wait=args.quiet_wait,
     )
-    result = uvloop.run(run(args.before, plan, args.rounds, args.loads, args.clients))
+    result = uvloop.run(
+        run(
+            args.before,
+            plan,
+            args.rounds,
+            args.loads,
+            args.clients,
+            "off" if args.per_request else "on",
+        )
+    )
     print_points(result)
     print_stock(result)
     print_summary(result)
