@@ -153,7 +153,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 async def service(database_url: str) -> AsyncIterator[InventoryService]:
     """The service in this process, on the server's own pool (deadlines included), without
     a sweeper: tests drive expiry themselves."""
-    async with connect_pool(database_url, 8) as pool:
+    async with connect_pool(database_url, Settings()) as pool:
         yield InventoryService.from_pool(pool, Settings())
 
 

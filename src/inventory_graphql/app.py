@@ -88,7 +88,7 @@ def _readings(
         ),
         "inventory_queued_reservations": (
             "gauge",
-            "reserves waiting for a batch (bounded by INVENTORY_MAX_QUEUED_RESERVATIONS)",
+            "reserves waiting for their answer (bounded by INVENTORY_MAX_QUEUED_RESERVATIONS)",
             lambda: coalescer.queued if coalescer else 0,
         ),
         "inventory_contended_products": (
@@ -127,13 +127,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
-        async with connect_pool(
-            database_url,
-            settings.pool_size,
-            lock_timeout_ms=settings.lock_timeout_ms,
-            statement_timeout_ms=settings.statement_timeout_ms,
-            acquire_timeout=settings.request_timeout_seconds,
-        ) as pool:
+        async with connect_pool(database_url, settings) as pool:
             async with pool.acquire() as conn:
                 await migrate(conn)
             service = InventoryService.from_pool(

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from inventory_graphql.config import Settings
+
 log = logging.getLogger(__name__)
 
 # Any constant works; it only has to be the same in every process running migrations.
@@ -122,25 +124,20 @@ class BoundedPool(asyncpg.Pool):
 
 
 @contextlib.asynccontextmanager
-async def connect_pool(
-    database_url: str,
-    size: int,
-    *,
-    lock_timeout_ms: int = 500,
-    statement_timeout_ms: int = 5000,
-    acquire_timeout: float = 5.0,
-) -> AsyncIterator[asyncpg.Pool]:
+async def connect_pool(database_url: str, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     # A small pool on purpose: hundreds of backends fighting over one hot row are slower
     # than a few, so requests queue in the application instead.
     # A short connect timeout: while the database is away, requests fail fast instead of
     # hanging on a connection attempt.
     # The deadlines are session defaults (startup parameters): no round trip per
     # transaction, and the pool's RESET ALL on release restores them.
+    # The deadlines are also asyncpg's create_pool defaults below: create_pool takes no
+    # pool class, so the subclass is built as create_pool would build it.
     pool = BoundedPool(
         database_url,
-        acquire_timeout=acquire_timeout,
+        acquire_timeout=settings.request_timeout_seconds,
         min_size=1,
-        max_size=size,
+        max_size=settings.pool_size,
         max_queries=50_000,
         max_inactive_connection_lifetime=300.0,
         loop=None,
@@ -149,8 +146,8 @@ async def connect_pool(
         timeout=5,
         server_settings={
             "application_name": APPLICATION_NAME,
-            "lock_timeout": str(lock_timeout_ms),
-            "statement_timeout": str(statement_timeout_ms),
+            "lock_timeout": str(settings.lock_timeout_ms),
+            "statement_timeout": str(settings.statement_timeout_ms),
         },
     )
     await pool

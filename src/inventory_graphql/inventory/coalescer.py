@@ -45,8 +45,6 @@ from inventory_graphql.inventory.models import (
     LineRequest,
     ProductNotFound,
     Reservation,
-    ReservationLine,
-    ReservationStatus,
     ReserveOutcome,
 )
 from inventory_graphql.inventory.reservations import Refusal, Reservations, hold_lines, pending
@@ -369,7 +367,7 @@ class ReservationCoalescer:
                 request = requests[row["ord"] - 1]
                 available[row["sku"]] = row["available_after"]
                 if row["created_at"] is not None:
-                    decided[request] = _reservation(request, row)
+                    decided[request] = pending(request.id, request.lines, row)
             again = []
             for request in requests:
                 if request in decided:
@@ -469,15 +467,3 @@ async def _hold_cart(conn: asyncpg.Connection, cart: _Request) -> ReserveOutcome
             return held
     except _Refused as refused:
         return refused.refusal
-
-
-def _reservation(request: _Request, row: asyncpg.Record) -> Reservation:
-    line = request.lines[0]
-    return Reservation(
-        id=str(request.id),
-        status=ReservationStatus.PENDING,
-        lines=(ReservationLine(line.sku, line.quantity),),
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        resolved_at=None,
-    )

@@ -26,6 +26,8 @@ class Contention:
             self._gates.pop(sku, None)
 
     def contended(self, skus: Iterable[str]) -> list[str]:
+        if not self._gates:  # the normal case, on every reserve
+            return []
         return sorted(sku for sku in skus if sku in self._gates)
 
     @property
@@ -35,8 +37,12 @@ class Contention:
     @contextlib.asynccontextmanager
     async def one_at_a_time(self, skus: Iterable[str]) -> AsyncIterator[None]:
         """Hold the gates of those of `skus` that are contended (in sku order: no cycles)."""
+        contended = self.contended(skus)
+        if not contended:
+            yield
+            return
         async with contextlib.AsyncExitStack() as gates:
-            for sku in self.contended(skus):
+            for sku in contended:
                 gate = self._gates.get(sku)
                 if gate is not None:
                     await gates.enter_async_context(gate)

@@ -77,11 +77,9 @@ async def reconcile(conn: asyncpg.Connection, overdue_grace_seconds: float) -> R
     report = Report()
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         report.products = await conn.fetchval("SELECT count(*) FROM product")
-        report.holds = await conn.fetchval(
-            "SELECT count(*) FROM reservation WHERE status <> 'VOID'"
-        )
-        report.voided = await conn.fetchval(
-            "SELECT count(*) FROM reservation WHERE status = 'VOID'"
+        report.holds, report.voided = await conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE status <> 'VOID'), "
+            "count(*) FILTER (WHERE status = 'VOID') FROM reservation"
         )
         for r in await conn.fetch(MISMATCHED_PRODUCTS):
             report.problems.append(

@@ -231,14 +231,7 @@ async def hold_lines(
     await conn.execute(
         INSERT_LINES, created["id"], product_ids, [line.quantity for line in in_lock_order]
     )
-    return Reservation(
-        id=str(created["id"]),
-        status=ReservationStatus.PENDING,
-        lines=tuple(ReservationLine(line.sku, line.quantity) for line in in_lock_order),
-        created_at=created["created_at"],
-        expires_at=created["expires_at"],
-        resolved_at=None,
-    )
+    return pending(created["id"], in_lock_order, created)
 
 
 def pending(
