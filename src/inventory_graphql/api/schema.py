@@ -19,7 +19,7 @@ from inventory_graphql.api.context import Context
 from inventory_graphql.api.disconnect import unless_disconnected
 from inventory_graphql.api.errors import ErrorPolicy
 from inventory_graphql.api.execution import Executor
-from inventory_graphql.api.limits import RequestGuards
+from inventory_graphql.api.request_guards import RequestGuards
 from inventory_graphql.api.observability import OperationMetrics
 from inventory_graphql.api.outcomes import ProductResult, ReserveResult, ResolveResult, to_graphql
 from inventory_graphql.api.subscriptions import Subscription
