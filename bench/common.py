@@ -7,17 +7,14 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 
 from inventory_graphql.embedded_db import embedded_postgres
+from inventory_graphql.testing.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results"
@@ -36,50 +33,14 @@ def postgres() -> Iterator[str]:
         yield url
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def server_process(
     database_url: str, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()
 ) -> Iterator[str]:
     """`inventory-graphql serve` in its own process; yields its base URL."""
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, **(extra_env or {})}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "inventory_graphql",
-            "serve",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            *args,
-        ],
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{url}/graphql?query=%7B__typename%7D", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise TimeoutError("server did not start")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    env = {"DATABASE_URL": database_url, **(extra_env or {})}
+    with ServerProcess(env, args, inherit_output=True) as server:
+        yield server.url
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -30,9 +30,9 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import uvloop
-from tests.support.graphql_ws import AVAILABILITY, GraphQLWebSocket, Subscription
 
 from inventory_graphql import garbage_collection
+from inventory_graphql.testing.graphql_ws import AVAILABILITY, GraphQLWebSocket, Subscription
 
 CHANNEL = "inventory_availability"
 CONNECTING_AT_ONCE = 100  # more handshakes at once only overflow the accept backlog

@@ -17,7 +17,6 @@ import time
 
 import aiohttp
 import asyncpg
-from tests.support.graphql_ws import AVAILABILITY, GraphQLWebSocket
 
 from bench.common import machine, median, percentile, postgres, save, server_process
 from inventory_graphql.config import Settings
@@ -25,6 +24,7 @@ from inventory_graphql.database import create_migrated_database
 from inventory_graphql.inventory.catalog import ADJUST
 from inventory_graphql.inventory.models import LineRequest, Reservation
 from inventory_graphql.inventory.service import InventoryService
+from inventory_graphql.testing.graphql_ws import AVAILABILITY, GraphQLWebSocket
 
 SPREAD = 10_000
 TRIGGER = "product_notify_availability"

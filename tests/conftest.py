@@ -6,12 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,6 +20,7 @@ from inventory_graphql.database import connect_pool, create_migrated_database
 from inventory_graphql.embedded_db import embedded_postgres
 from inventory_graphql.inventory.reconcile import Report, reconcile
 from inventory_graphql.inventory.service import InventoryService
+from inventory_graphql.testing.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,51 +44,6 @@ async def create_database(server_url: str) -> str:
 def database_url(postgres_url: str) -> str:
     """One migrated database shared by the session; tests use their own skus."""
     return asyncio.run(create_database(postgres_url))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """`inventory-graphql serve` in a subprocess, as an operator would start it."""
-
-    def __init__(self, env: dict[str, str], args: list[str] = (), log: Path | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        cmd = [sys.executable, "-m", "inventory_graphql", "serve", "--port", str(self.port)]
-        self.process = subprocess.Popen(
-            [*cmd, "--log-level", "warning", *args],  # args may override the log level
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL if log is None else log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("server did not become ready")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
 
 
 ADMIN_TOKEN = "test-admin-token"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.conftest import ServerProcess
+from inventory_graphql.testing.server import ServerProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 # A Playwright browser download cannot work on this machine; Debian's Chromium does.

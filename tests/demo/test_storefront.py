@@ -15,17 +15,9 @@ import aiohttp
 from playwright.async_api import Page, expect
 
 from inventory_graphql.inventory.catalog import CREATE
+from inventory_graphql.testing.server import ServerProcess, free_port
 from tests.api.queries import ADJUST_STOCK, RESERVE
-from tests.conftest import (
-    ADMIN,
-    ADMIN_TOKEN,
-    ROOT,
-    SERVER_ENV,
-    ServerProcess,
-    free_port,
-    new_sku,
-    stock,
-)
+from tests.conftest import ADMIN, ADMIN_TOKEN, ROOT, SERVER_ENV, new_sku, stock
 from tests.demo.conftest import PinnedServer, assert_not_reloaded, card, card_count
 
 # The page must show a change this soon after it happens (the server's own fan-out is

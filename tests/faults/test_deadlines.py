@@ -18,8 +18,10 @@ from typing import Any
 
 import asyncpg
 
+from inventory_graphql.testing.graphql_ws import GraphQLWebSocket, Subscription
+from inventory_graphql.testing.server import ServerProcess
 from tests.api.queries import RESERVE
-from tests.conftest import ServerProcess, check, stock
+from tests.conftest import check, stock
 from tests.faults.test_told_vs_held import (
     client_session,
     create_product,
@@ -32,7 +34,6 @@ from tests.faults.test_told_vs_held import (
     unlock_rows,
     within,
 )
-from tests.support.graphql_ws import GraphQLWebSocket, Subscription
 from tests.support.oracle import Answer, Oracle
 
 DEADLINE = 5.0  # INVENTORY_REQUEST_TIMEOUT_SECONDS, the service's default

@@ -11,9 +11,10 @@ from collections import Counter
 import aiohttp
 import pytest
 
+from inventory_graphql.testing.graphql_ws import AVAILABILITY, GraphQLWebSocket
+from inventory_graphql.testing.server import ServerProcess
 from tests.api.queries import RESERVE
-from tests.conftest import SERVER_ENV, ServerProcess, check, stock
-from tests.support.graphql_ws import AVAILABILITY, GraphQLWebSocket
+from tests.conftest import SERVER_ENV, check, stock
 
 
 async def reserve_once(session, url, sku, quantity=1, ttl=None):

@@ -7,9 +7,10 @@ from collections import Counter
 
 import aiohttp
 
+from inventory_graphql.testing.graphql_ws import AVAILABILITY, GraphQLWebSocket
+from inventory_graphql.testing.server import ServerProcess
 from tests.api.queries import RESERVE
-from tests.conftest import SERVER_ENV, ServerProcess, check, stock
-from tests.support.graphql_ws import AVAILABILITY, GraphQLWebSocket
+from tests.conftest import SERVER_ENV, check, stock
 
 
 async def test_sigterm_under_load_is_graceful(database_url, db, make_product, tmp_path):

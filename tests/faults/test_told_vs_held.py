@@ -19,8 +19,9 @@ import aiohttp
 import asyncpg
 import psutil
 
+from inventory_graphql.testing.server import ServerProcess
 from tests.api.queries import CREATE_PRODUCT
-from tests.conftest import ADMIN, SERVER_ENV, ServerProcess, check, new_sku, stock
+from tests.conftest import ADMIN, SERVER_ENV, check, new_sku, stock
 from tests.support.oracle import Answer, Line, Oracle, Verdict, post
 
 PATHS = ("on", "off")  # INVENTORY_COALESCE_RESERVATIONS: coalesced, per-request

@@ -11,9 +11,10 @@ import psutil
 import pytest
 
 from inventory_graphql.inventory.catalog import ADJUST
+from inventory_graphql.testing.graphql_ws import AVAILABILITY, GraphQLWebSocket, SubscriptionError
+from inventory_graphql.testing.server import ServerProcess
 from tests.api.queries import ADJUST_STOCK, CONFIRM, RELEASE, RESERVE
-from tests.conftest import SERVER_ENV, ServerProcess, check, new_sku
-from tests.support.graphql_ws import AVAILABILITY, GraphQLWebSocket, SubscriptionError
+from tests.conftest import SERVER_ENV, check, new_sku
 
 
 @pytest.fixture

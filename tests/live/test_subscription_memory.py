@@ -12,7 +12,7 @@ from inventory_graphql.api.context import Context
 from inventory_graphql.api.schema import build_schema
 from inventory_graphql.inventory.models import StockLevel
 from inventory_graphql.live.hub import AvailabilityHub
-from tests.support.graphql_ws import AVAILABILITY
+from inventory_graphql.testing.graphql_ws import AVAILABILITY
 
 
 async def test_a_subscription_keeps_no_memory_per_delivered_update(service, make_product):

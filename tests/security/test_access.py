@@ -5,9 +5,10 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
+from inventory_graphql.testing.graphql_ws import AVAILABILITY, GraphQLWebSocket
+from inventory_graphql.testing.server import ServerProcess
 from tests.api.queries import ADJUST_STOCK, CREATE_PRODUCT, PRODUCT, RESERVE
-from tests.conftest import ADMIN, SERVER_ENV, ServerProcess, ledger, new_sku, stock
-from tests.support.graphql_ws import AVAILABILITY, GraphQLWebSocket
+from tests.conftest import ADMIN, SERVER_ENV, ledger, new_sku, stock
 
 
 async def post(session, url, query, headers=None, **variables):

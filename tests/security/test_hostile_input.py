@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from inventory_graphql.testing.graphql_ws import AVAILABILITY
 from tests.api.queries import RESERVE
 from tests.conftest import check, ledger, stock
-from tests.support.graphql_ws import AVAILABILITY
 
 LEAKS = ("Traceback", "asyncpg", '.py"', "site-packages", "SELECT ", "psycopg")
 TARGET = "TARGET-SKU"  # replaced by the test's product

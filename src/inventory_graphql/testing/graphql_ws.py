@@ -1,4 +1,6 @@
-"""A small graphql-transport-ws client over aiohttp, for tests and the benchmark."""
+"""A small graphql-transport-ws client over aiohttp, for tests and the benchmarks.
+
+Needs aiohttp (the `test` and `bench` extras install it)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ class GraphQLWebSocket:
 
     @classmethod
     async def connect(
-        cls, session: aiohttp.ClientSession, url: str, payload: dict | None = None
+        cls, session: aiohttp.ClientSession, url: str, payload: dict[str, Any] | None = None
     ) -> GraphQLWebSocket:
         ws = await session.ws_connect(
             f"{url.replace('http', 'ws', 1)}/graphql", protocols=["graphql-transport-ws"]
@@ -68,13 +70,17 @@ class GraphQLWebSocket:
 
     def abort(self) -> None:
         """Drop the TCP connection without a close frame, as a crashed client would."""
-        transport = self.ws._response.connection.transport  # aiohttp has no public abort
-        transport.abort()
+        connection = self.ws._response.connection  # aiohttp has no public abort
+        transport = connection.transport if connection is not None else None
+        if transport is not None:
+            transport.abort()
         self._reader.cancel()
 
 
 class Subscription:
-    def __init__(self, socket: GraphQLWebSocket, sub_id: str, queue: asyncio.Queue) -> None:
+    def __init__(
+        self, socket: GraphQLWebSocket, sub_id: str, queue: asyncio.Queue[dict[str, Any]]
+    ) -> None:
         self.socket = socket
         self.id = sub_id
         self._queue = queue
@@ -95,7 +101,8 @@ class Subscription:
             payload = message["payload"]
             if payload.get("errors"):
                 raise SubscriptionError(payload["errors"])
-            return payload["data"]
+            data: dict[str, Any] = payload["data"]
+            return data
         if message["type"] == "error":
             raise SubscriptionError(message["payload"])
         raise ConnectionError(f"subscription ended: {message}")
