@@ -100,11 +100,17 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-async def service(database_url: str) -> AsyncIterator[InventoryService]:
-    """The service in this process, on the server's own pool (deadlines included), without
-    a sweeper: tests drive expiry themselves."""
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool as the server builds it (deadlines included)."""
     async with connect_pool(database_url, Settings()) as pool:
-        yield InventoryService.from_pool(pool, Settings())
+        yield pool
+
+
+@pytest.fixture
+def service(pool: asyncpg.Pool) -> InventoryService:
+    """The service in this process, one transaction per reserve and no background work
+    running (no sweeper): tests drive expiry themselves."""
+    return InventoryService(pool, Settings(coalesce_reservations=False))
 
 
 def new_sku(prefix: str = "T") -> str:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,12 +24,12 @@ from inventory_graphql.config import Settings
 from inventory_graphql.database import connect_pool, migrate
 from inventory_graphql.health import livez, readyz
 from inventory_graphql.inventory.service import InventoryService
-from inventory_graphql.inventory.sweeper import Sweeper
 from inventory_graphql.live.hub import AvailabilityHub
 from inventory_graphql.live.listener import ReconnectingPostgresBackend
 from inventory_graphql.logs import configure_logging
 from inventory_graphql.metrics import Metrics, Reading
 from inventory_graphql.request_id import RequestIdMiddleware
+from inventory_graphql.state import AppState
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +46,9 @@ def demo_routes(demo_dir: Path | None) -> list[BaseRoute]:
 
 
 def _readings(
-    service: InventoryService,
-    hub: AvailabilityHub,
-    listener: ReconnectingPostgresBackend,
-    sweeper: Sweeper,
+    service: InventoryService, hub: AvailabilityHub, listener: ReconnectingPostgresBackend
 ) -> dict[str, Reading]:
-    coalescer = service.coalescer
-    pool = service.pool
+    stats = service.stats
     return {
         "inventory_active_subscriptions": (
             "gauge",
@@ -84,80 +78,68 @@ def _readings(
         "inventory_reservation_batches": (
             "counter",
             "coalesced reservation batches (one transaction each)",
-            lambda: coalescer.batches if coalescer else 0,
+            lambda: stats().batches,
         ),
         "inventory_queued_reservations": (
             "gauge",
             "reserves waiting for their answer (bounded by INVENTORY_MAX_QUEUED_RESERVATIONS)",
-            lambda: coalescer.queued if coalescer else 0,
+            lambda: stats().queued,
         ),
         "inventory_contended_products": (
             "gauge",
             "products whose rows were found locked past lock_timeout, served one at a time",
-            lambda: service.contention.count,
+            lambda: stats().contended,
         ),
         "inventory_given_back_holds": (
             "counter",
             "holds released because their clients left or were told an error",
-            lambda: service.give_back.released_total,
+            lambda: stats().given_back,
         ),
         "inventory_expired_holds": (
             "counter",
             "holds expired by this process's sweeper",
-            lambda: sweeper.expired_total,
+            lambda: stats().expired,
         ),
         "inventory_db_pool_connections": (
             "gauge",
             "connections open in the pool",
-            lambda: pool.get_size(),
+            lambda: stats().pool_size,
         ),
-        "inventory_db_pool_idle": ("gauge", "pool connections idle", lambda: pool.get_idle_size()),
-        "inventory_db_pool_max": ("gauge", "pool size limit", lambda: pool.get_max_size()),
+        "inventory_db_pool_idle": ("gauge", "pool connections idle", lambda: stats().pool_idle),
+        "inventory_db_pool_max": ("gauge", "pool size limit", lambda: stats().pool_max),
     }
 
 
 def create_app(settings: Settings, database_url: str) -> Starlette:
     metrics = Metrics()
-    admin_token = settings.admin_token
-    if admin_token is None:
-        # Never run with admin open: without a configured token, nobody has this one.
+    settings, generated = settings.with_admin_token()
+    if generated is not None:
+        # Nobody was shown this token (`serve` prints the one it makes), so admin is locked.
         log.warning("INVENTORY_ADMIN_TOKEN is not set: admin mutations are locked")
-        admin_token = secrets.token_urlsafe(32)
-    tokens = Tokens(admin=admin_token, storefront=settings.storefront_token)
+    assert settings.admin_token is not None
+    tokens = Tokens(admin=settings.admin_token, storefront=settings.storefront_token)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
-        async with connect_pool(database_url, settings) as pool:
+    async def lifespan(app: Starlette) -> AsyncIterator[AppState]:
+        async with contextlib.AsyncExitStack() as stack:
+            pool = await stack.enter_async_context(connect_pool(database_url, settings))
             async with pool.acquire() as conn:
                 await migrate(conn)
-            service = InventoryService.from_pool(
-                pool,
-                settings,
-                coalesce=settings.coalesce_reservations,
-                on_batch=metrics.batch_sizes.observe,
-            )
-            sweeper = Sweeper(
-                service.reservations, settings.sweep_interval_seconds, settings.sweep_batch_size
-            )
+            service = InventoryService(pool, settings, on_batch=metrics.batch_sizes.observe)
             listener = ReconnectingPostgresBackend(database_url)
-            async with Broadcast(backend=listener) as broadcast:
-                hub = AvailabilityHub(broadcast, service.catalog)
-                metrics.watch(_readings(service, hub, listener, sweeper))
-                try:
-                    async with contextlib.AsyncExitStack() as running:
-                        await running.enter_async_context(service.running())
-                        await running.enter_async_context(sweeper.running())
-                        await running.enter_async_context(hub.running())
-                        garbage_collection.tune()  # started: what exists now stays
-                        yield {
-                            "service": service,
-                            "hub": hub,
-                            "listener": listener,
-                            "metrics": metrics,
-                            "renderings": Renderings(),
-                        }
-                finally:
-                    metrics.unwatch()
+            broadcast = await stack.enter_async_context(Broadcast(backend=listener))
+            hub = AvailabilityHub(broadcast, service.products)
+            metrics.watch(_readings(service, hub, listener))
+            stack.callback(metrics.unwatch)
+            await stack.enter_async_context(service.running())
+            await stack.enter_async_context(hub.running())
+            yield AppState(
+                service=service,
+                hub=hub,
+                listener=listener,
+                metrics=metrics,
+                renderings=Renderings() if settings.direct_delivery else None,
+            )
 
     graphql = graphql_endpoint(
         build_schema(production=settings.production),
@@ -165,6 +147,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
         graphiql=not settings.production,
         live_interval_seconds=settings.live_interval_ms / 1000,
+        direct_delivery=settings.direct_delivery,
     )
     return Starlette(
         routes=[
@@ -184,9 +167,14 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
 
 
 def app_from_env() -> Starlette:
-    """The app for `uvicorn --factory` and `serve --workers N`: settings from the environment."""
-    configure_logging(os.environ.get("INVENTORY_LOG_FORMAT", "text"))
+    """The app for `uvicorn --factory` and `serve --workers N`: settings from the environment.
+
+    This is a worker process's entry point, so it also tunes the process's collector.
+    """
     settings = Settings.from_env()
+    configure_logging(settings.log_format)
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL must be set for app_from_env")
-    return create_app(settings, settings.database_url)
+    app = create_app(settings, settings.database_url)
+    garbage_collection.tune()
+    return app

@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import secrets
 import signal
 import sys
 from collections.abc import Iterator
@@ -16,7 +15,8 @@ from pathlib import Path
 
 import asyncpg
 
-from inventory_graphql.config import Settings
+from inventory_graphql import garbage_collection
+from inventory_graphql.config import ConfigError, Settings
 from inventory_graphql.database import migrate
 from inventory_graphql.demo import load_demo_catalog
 from inventory_graphql.embedded_db import embedded_postgres
@@ -71,13 +71,12 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
 
     if args.demo:
         asyncio.run(load_demo_catalog(url))
-    if settings.admin_token is None:
-        # Admin is never open: without a configured token, make one and tell only the
-        # operator starting the server. Workers inherit it through the environment.
-        token = secrets.token_urlsafe(24)
-        os.environ["INVENTORY_ADMIN_TOKEN"] = token
-        settings = dataclasses.replace(settings, admin_token=token)
-        print(f"Admin token (INVENTORY_ADMIN_TOKEN was not set): {token}", flush=True)
+    settings, generated = settings.with_admin_token()
+    if generated is not None:
+        # Tell only the operator starting the server. Workers inherit it through the
+        # environment.
+        os.environ["INVENTORY_ADMIN_TOKEN"] = generated
+        print(f"Admin token (INVENTORY_ADMIN_TOKEN was not set): {generated}", flush=True)
     # uvicorn handles SIGTERM and Ctrl-C: it stops accepting, finishes in-flight requests
     # and runs the lifespan's shutdown. Then it re-raises the signal to the handler it
     # found; a no-op one lets us return, so `database()` stops the embedded PostgreSQL
@@ -86,6 +85,7 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
         signal.signal(signum, lambda *_: None)
     if args.workers == 1:
         app = create_app(settings, url)
+        garbage_collection.tune()  # this process serves: what startup built stays
         uvicorn.run(
             app,
             host=args.host,
@@ -153,10 +153,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging(os.environ.get("INVENTORY_LOG_FORMAT", "text"))
     if args.command == "export-schema":
         return _export_schema(args)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        print(f"inventory-graphql: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format)
     if args.data_dir is not None:
         settings = dataclasses.replace(settings, data_dir=args.data_dir)
     with database(settings) as url:

@@ -1,98 +1,177 @@
-"""Settings, read once from the environment. Every variable is listed in the README."""
+"""Settings, read once from the environment.
+
+Each variable is declared once, beside its field: its name, its default and how its text
+is read. A value that cannot be read is refused at start with the variable's name and
+what it accepts; a typo never falls back to a default. Every variable is in the README.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import platformdirs
 
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    return default if raw in (None, "") else int(raw)
+T = TypeVar("T")
+LogFormat = Literal["text", "json"]
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    return default if raw in (None, "") else float(raw)
+class ConfigError(ValueError):
+    """A variable's value cannot be used; the message names it and what it accepts."""
+
+
+Reader = Callable[[str], Any]  # the variable's text -> the field's value; ValueError if bad
+
+
+def _integer(low: int, high: int | None = None) -> Reader:
+    accepts = f"an integer from {low}" + (f" to {high}" if high is not None else " up")
+
+    def read(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(accepts) from None
+        if value < low or (high is not None and value > high):
+            raise ValueError(accepts)
+        return value
+
+    return read
+
+
+def _number(low: float, *, above: bool = False) -> Reader:
+    accepts = f"a number {'above' if above else 'from'} {low:g}" + ("" if above else " up")
+
+    def read(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(accepts) from None
+        if not math.isfinite(value) or not (value > low if above else value >= low):
+            raise ValueError(accepts)
+        return value
+
+    return read
+
+
+_SWITCH = {"on": True, "true": True, "1": True, "yes": True}
+_SWITCH.update({"off": False, "false": False, "0": False, "no": False})
+
+
+def _switch(raw: str) -> bool:
+    try:
+        return _SWITCH[raw.strip().lower()]
+    except KeyError:
+        raise ValueError(f"one of {', '.join(_SWITCH)}") from None
+
+
+def _choice(*accepted: str) -> Reader:
+    def read(raw: str) -> str:
+        if raw.strip().lower() not in accepted:
+            raise ValueError(f"one of {', '.join(accepted)}")
+        return raw.strip().lower()
+
+    return read
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _env_is_production(raw: str) -> bool:
+    # Anything but "production" is a development setup (the README's documented values).
+    value: str = _choice("production", "development")(raw)
+    return value == "production"
+
+
+def _setting(variable: str, default: T, read: Reader) -> T:
+    """A field read from `variable` (unset or empty: the default)."""
+    return dataclasses.field(default=default, metadata={"env": variable, "read": read})
 
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str | None = None
-    data_dir: Path = Path(platformdirs.user_data_dir("inventory-graphql"))
-    hold_ttl_seconds: int = 600
-    pool_size: int = 8
-    sweep_interval_seconds: float = 0.5
-    sweep_batch_size: int = 500
-    max_subscriptions_per_connection: int = 16
+    database_url: str | None = _setting("DATABASE_URL", None, _text)
+    data_dir: Path = _setting(
+        "INVENTORY_DATA_DIR", Path(platformdirs.user_data_dir("inventory-graphql")), Path
+    )
+    hold_ttl_seconds: int = _setting("INVENTORY_HOLD_TTL_SECONDS", 600, _integer(1, 86_400))
+    pool_size: int = _setting("INVENTORY_DB_POOL_SIZE", 8, _integer(1, 1000))
+    sweep_interval_seconds: float = _setting(
+        "INVENTORY_SWEEP_INTERVAL_SECONDS", 0.5, _number(0, above=True)
+    )
+    sweep_batch_size: int = _setting("INVENTORY_SWEEP_BATCH_SIZE", 500, _integer(1))
+    max_subscriptions_per_connection: int = _setting(
+        "INVENTORY_MAX_SUBSCRIPTIONS_PER_CONNECTION", 16, _integer(1)
+    )
     # Each subscriber gets at most one update per interval (latest wins in between).
-    live_interval_ms: int = 50
+    live_interval_ms: int = _setting("INVENTORY_LIVE_INTERVAL_MS", 50, _integer(0, 60_000))
+    # Availability updates after a subscription's first result go straight to its socket,
+    # rendered once per selection (api/delivery.py). Off: Strawberry's ordinary path for
+    # every event, which relies on no framework internals (see api/internals.py).
+    direct_delivery: bool = _setting("INVENTORY_DIRECT_DELIVERY", True, _switch)
     # None: `serve` generates one at start and prints it once; admin is never open.
-    admin_token: str | None = None
-    storefront_token: str | None = None
-    production: bool = False
-    max_body_bytes: int = 64 * 1024
+    admin_token: str | None = _setting("INVENTORY_ADMIN_TOKEN", None, _text)
+    storefront_token: str | None = _setting("INVENTORY_STOREFRONT_TOKEN", None, _text)
+    production: bool = _setting("INVENTORY_ENV", False, _env_is_production)
+    max_body_bytes: int = _setting("INVENTORY_MAX_BODY_BYTES", 64 * 1024, _integer(1024))
+    log_format: LogFormat = _setting("INVENTORY_LOG_FORMAT", "text", _choice("text", "json"))
     # The storefront served at `/`: the repository's frontend-demo/ when run from a checkout.
-    demo_dir: Path | None = Path(__file__).resolve().parents[2] / "frontend-demo"
-    coalesce_reservations: bool = True
-    max_batch: int = 256
+    demo_dir: Path | None = _setting(
+        "INVENTORY_DEMO_DIR", Path(__file__).resolve().parents[2] / "frontend-demo", Path
+    )
+    coalesce_reservations: bool = _setting("INVENTORY_COALESCE_RESERVATIONS", True, _switch)
+    max_batch: int = _setting("INVENTORY_MAX_BATCH", 256, _integer(1, 10_000))
     # How far past expiry a PENDING hold may be before `check` calls it a fault.
-    overdue_grace_seconds: float = 5.0
+    overdue_grace_seconds: float = _setting("INVENTORY_OVERDUE_GRACE_SECONDS", 5.0, _number(0))
     # Deadlines. A statement waits at most lock_timeout for a row lock and runs at most
     # statement_timeout; a reserve is answered within request_timeout (plus at most one
     # lock_timeout for a batch already in the database); a pool connection is waited for
     # at most request_timeout.
-    lock_timeout_ms: int = 500
-    statement_timeout_ms: int = 5000
-    request_timeout_seconds: float = 5.0
+    lock_timeout_ms: int = _setting("INVENTORY_LOCK_TIMEOUT_MS", 500, _integer(1))
+    statement_timeout_ms: int = _setting("INVENTORY_STATEMENT_TIMEOUT_MS", 5000, _integer(1))
+    request_timeout_seconds: float = _setting(
+        "INVENTORY_REQUEST_TIMEOUT_SECONDS", 5.0, _number(0, above=True)
+    )
     # Reserves waiting for the database in one process; past it, refused at once (BUSY).
-    max_queued_reservations: int = 2048
+    max_queued_reservations: int = _setting("INVENTORY_MAX_QUEUED_RESERVATIONS", 2048, _integer(1))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from these variables (default: the process environment).
+
+        Raises ConfigError naming the first variable whose value cannot be used.
+        """
         env = os.environ if env is None else env
-        defaults = cls()
-        data_dir = env.get("INVENTORY_DATA_DIR")
-        return cls(
-            database_url=env.get("DATABASE_URL") or None,
-            data_dir=Path(data_dir) if data_dir else defaults.data_dir,
-            hold_ttl_seconds=_int(env, "INVENTORY_HOLD_TTL_SECONDS", defaults.hold_ttl_seconds),
-            pool_size=_int(env, "INVENTORY_DB_POOL_SIZE", defaults.pool_size),
-            sweep_interval_seconds=_float(
-                env, "INVENTORY_SWEEP_INTERVAL_SECONDS", defaults.sweep_interval_seconds
-            ),
-            sweep_batch_size=_int(env, "INVENTORY_SWEEP_BATCH_SIZE", defaults.sweep_batch_size),
-            max_subscriptions_per_connection=_int(
-                env,
-                "INVENTORY_MAX_SUBSCRIPTIONS_PER_CONNECTION",
-                defaults.max_subscriptions_per_connection,
-            ),
-            admin_token=env.get("INVENTORY_ADMIN_TOKEN") or None,
-            storefront_token=env.get("INVENTORY_STOREFRONT_TOKEN") or None,
-            production=env.get("INVENTORY_ENV", "").lower() == "production",
-            max_body_bytes=_int(env, "INVENTORY_MAX_BODY_BYTES", defaults.max_body_bytes),
-            demo_dir=Path(env["INVENTORY_DEMO_DIR"])
-            if env.get("INVENTORY_DEMO_DIR")
-            else defaults.demo_dir,
-            live_interval_ms=_int(env, "INVENTORY_LIVE_INTERVAL_MS", defaults.live_interval_ms),
-            coalesce_reservations=env.get("INVENTORY_COALESCE_RESERVATIONS", "on").lower()
-            not in ("off", "0", "false", "no"),
-            max_batch=_int(env, "INVENTORY_MAX_BATCH", defaults.max_batch),
-            overdue_grace_seconds=_float(
-                env, "INVENTORY_OVERDUE_GRACE_SECONDS", defaults.overdue_grace_seconds
-            ),
-            lock_timeout_ms=_int(env, "INVENTORY_LOCK_TIMEOUT_MS", defaults.lock_timeout_ms),
-            statement_timeout_ms=_int(
-                env, "INVENTORY_STATEMENT_TIMEOUT_MS", defaults.statement_timeout_ms
-            ),
-            request_timeout_seconds=_float(
-                env, "INVENTORY_REQUEST_TIMEOUT_SECONDS", defaults.request_timeout_seconds
-            ),
-            max_queued_reservations=_int(
-                env, "INVENTORY_MAX_QUEUED_RESERVATIONS", defaults.max_queued_reservations
-            ),
-        )
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            variable: str = field.metadata["env"]
+            raw = env.get(variable, "")
+            if raw == "":
+                continue
+            try:
+                values[field.name] = field.metadata["read"](raw)
+            except ValueError as error:
+                raise ConfigError(f"{variable}={raw!r} is not valid: expected {error}") from None
+        return cls(**values)
+
+    @classmethod
+    def variables(cls) -> list[str]:
+        """Every environment variable read, in declaration order."""
+        return [field.metadata["env"] for field in dataclasses.fields(cls)]
+
+    def with_admin_token(self) -> tuple[Settings, str | None]:
+        """These settings with an admin token, and the token if it had to be generated.
+
+        Admin is never open: without a configured token a random one is made, and only
+        whoever is shown it (`serve` prints it) can use admin mutations.
+        """
+        if self.admin_token is not None:
+            return self, None
+        token = secrets.token_urlsafe(24)
+        return dataclasses.replace(self, admin_token=token), token

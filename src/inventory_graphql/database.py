@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,10 +12,14 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from inventory_graphql.config import Settings
 
 log = logging.getLogger(__name__)
+
+# A connection of its own, or one lent by a pool: both run statements alike.
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 # Any constant works; it only has to be the same in every process running migrations.
 _MIGRATION_LOCK = 0x1E7E_0001
@@ -37,7 +42,13 @@ def migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[Migration]:
+@functools.cache
+def latest_migration() -> int:
+    """The version the shipped migrations bring a database to (read once per process)."""
+    return migrations()[-1].version
+
+
+async def migrate(conn: Connection) -> list[Migration]:
     """Apply the migrations not yet applied; return those it applied.
 
     Safe when several processes start at once: they queue on an advisory lock and the
@@ -69,6 +80,10 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
 
 
+CREATE_DATABASE = "SELECT format('CREATE DATABASE %I', $1::text)"
+DROP_DATABASE = "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)"
+
+
 def with_database(url: str, name: str) -> str:
     """`url` with its database name replaced by `name`."""
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
@@ -81,9 +96,10 @@ async def create_migrated_database(server_url: str, name: str, *, replace: bool 
     """
     conn = await asyncpg.connect(server_url)
     try:
+        # A database name cannot be a parameter: PostgreSQL quotes it (format's %I).
         if replace:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(await conn.fetchval(DROP_DATABASE, name))
+        await conn.execute(await conn.fetchval(CREATE_DATABASE, name))
     finally:
         await conn.close()
     url = with_database(server_url, name)

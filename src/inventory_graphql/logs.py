@@ -9,6 +9,7 @@ import logging
 
 from pythonjsonlogger.json import JsonFormatter
 
+from inventory_graphql.config import LogFormat
 from inventory_graphql.request_id import current_request_id
 
 TEXT_FORMAT = "%(levelname)s %(name)s [%(request_id)s]: %(message)s"
@@ -20,7 +21,7 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(log_format: str = "text", level: int = logging.INFO) -> None:
+def configure_logging(log_format: LogFormat = "text", level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
     if log_format == "json":

@@ -6,7 +6,7 @@ A registry per app rather than prometheus_client's global one: two apps in one p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -70,7 +70,7 @@ class Metrics:
             self.registry.unregister(self._collector)
             self._collector = None
 
-    def endpoint(self) -> Callable[[Request], Response]:
+    def endpoint(self) -> Callable[[Request], Awaitable[Response]]:
         async def metrics(request: Request) -> Response:
             return Response(generate_latest(self.registry), media_type=CONTENT_TYPE)
 

@@ -10,29 +10,38 @@ import asyncpg
 import pytest
 
 from inventory_graphql.inventory.coalescer import ReservationCoalescer
+from inventory_graphql.inventory.contention import Contention
+from inventory_graphql.inventory.give_back import GiveBack
 from inventory_graphql.inventory.models import (
     InsufficientStock,
     LineRequest,
     ProductNotFound,
     Reservation,
 )
+from inventory_graphql.inventory.reservations import Reservations
 from tests.conftest import check, ledger, stock, told_equals_held
 
 
-def coalescer_of(service, **options) -> ReservationCoalescer:
+@pytest.fixture
+def give_back(pool) -> GiveBack:
+    return GiveBack(Reservations(pool, 600))
+
+
+def coalescer_of(pool, give_back, **options) -> ReservationCoalescer:
+    """A coalescer of its own, on the pool the service would give it."""
     return ReservationCoalescer(
-        service.pool,
-        service.reservations,
-        service.give_back,
-        service.contention,
+        pool,
+        Reservations(pool, 600),
+        give_back,
+        Contention(),
         **{"max_batch": 256, "max_queued": 10_000, **options},
     )
 
 
 @pytest.fixture
-async def coalescer(service):
-    running = coalescer_of(service)
-    async with service.give_back.running(), running.running():
+async def coalescer(pool, give_back):
+    running = coalescer_of(pool, give_back)
+    async with give_back.running(), running.running():
         yield running
 
 
@@ -115,12 +124,12 @@ async def test_a_failing_batch_does_not_fail_its_requests(
 
 
 async def test_mixed_singles_and_carts_on_hot_products_never_oversell(
-    coalescer, service, db, make_product
+    coalescer, service, pool, give_back, db, make_product
 ):
     # Two coalescers, as two server processes would run: batches of single lines (one
     # self-committing statement each) and batches with carts (a transaction) interleave
     # on the same rows.
-    second = coalescer_of(service)
+    second = coalescer_of(pool, give_back)
     async with second.running():
         await _mixed_singles_and_carts(coalescer, second, service, db, make_product)
 
@@ -156,7 +165,7 @@ async def _mixed_singles_and_carts(coalescer, second, service, db, make_product)
     assert coalescer.batches + second.batches < len(shapes), "requests were coalesced"
     # Release half, confirm the rest: stock comes back and leaves exactly.
     for i, outcome in enumerate(o for o in outcomes if isinstance(o, Reservation)):
-        resolve = service.reservations.release if i % 2 else service.reservations.confirm
+        resolve = service.release if i % 2 else service.confirm
         assert isinstance(await resolve(outcome.id), Reservation)
     assert [(await stock(db, sku))["reserved"] for sku in hot] == [0, 0, 0]
     assert (await check(db)).ok
@@ -190,7 +199,7 @@ async def test_stock_coming_back_between_passes_changes_no_answer(
     # FIFO order); then 5 are restocked; pass 2 grants the 1. Before, the 4 then looked
     # grantable, an assertion failed and every request was reserved again (two orphans).
     ran = after_first_pass(
-        coalescer, lambda: service.catalog.adjust_stock(sku, 5, "restock between passes")
+        coalescer, lambda: service.adjust_stock(sku, 5, "restock between passes")
     )
     outcomes = await asyncio.gather(
         *(coalescer.reserve([LineRequest(sku, n)], 600) for n in (3, 4, 1))
@@ -278,10 +287,10 @@ async def test_a_connection_lost_after_commit_answers_the_committed_holds(
 
 
 async def test_a_pool_connection_that_breaks_on_its_way_back_changes_no_result(
-    service, db, make_product
+    service, pool, db, make_product
 ):
     sku = await make_product(3)
-    async with service.pool.acquire() as conn:
+    async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT 1") == 1
         await db.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
         await asyncio.sleep(0.1)

@@ -12,6 +12,7 @@ from inventory_graphql.inventory.models import (
     ReservationNotPending,
     ReservationStatus,
 )
+from inventory_graphql.inventory.reservations import Reservations
 from inventory_graphql.inventory.sweeper import Sweeper
 from tests.conftest import check, ledger, stock
 
@@ -22,7 +23,7 @@ async def test_confirm_after_expiry_expires_the_hold_instead(service, db, make_p
     assert isinstance(held, Reservation)
     await asyncio.sleep(1.1)  # past expiry; no sweeper runs in this process
 
-    outcome = await service.reservations.confirm(held.id)
+    outcome = await service.confirm(held.id)
 
     assert outcome == ReservationNotPending(held.id, ReservationStatus.EXPIRED)
     assert await stock(db, sku) == {"quantity": 3, "reserved": 0, "available": 3, "version": 3}
@@ -34,7 +35,7 @@ async def test_release_after_expiry_answers_the_expired_hold(service, db, make_p
     held = await service.reserve([LineRequest(sku, 1)], ttl_seconds=1)
     await asyncio.sleep(1.1)
 
-    outcome = await service.reservations.release(held.id)
+    outcome = await service.release(held.id)
 
     assert isinstance(outcome, Reservation) and outcome.status is ReservationStatus.EXPIRED
     assert (await stock(db, sku))["reserved"] == 0
@@ -49,7 +50,7 @@ async def test_sweepers_in_several_processes_expire_each_hold_once(database_url,
 
     skus = [await make_product(1000) for _ in range(3)]
     pools = [await asyncpg.create_pool(database_url, min_size=1, max_size=2) for _ in range(2)]
-    services = [InventoryService.from_pool(p, Settings()) for p in pools]
+    services = [InventoryService(p, Settings(coalesce_reservations=False)) for p in pools]
     try:
         for i in range(300):
             outcome = await services[i % 2].reserve(
@@ -57,7 +58,7 @@ async def test_sweepers_in_several_processes_expire_each_hold_once(database_url,
             )
             assert isinstance(outcome, Reservation)
         await asyncio.sleep(1.1)
-        sweepers = [Sweeper(s.reservations, interval=0.05, batch_size=20) for s in services]
+        sweepers = [Sweeper(Reservations(p, 600), interval=0.05, batch_size=20) for p in pools]
 
         swept = await asyncio.gather(*(s.sweep_once() for s in sweepers))
 
@@ -74,7 +75,7 @@ async def test_sweepers_in_several_processes_expire_each_hold_once(database_url,
 
 
 async def test_a_backlog_of_100000_drains_in_batches_while_reserving(
-    service, db, database_url, make_product
+    service, pool, db, database_url, make_product
 ):
     # This test hung twice in ~10 full-suite runs (never alone), once seen stuck inside
     # `check` after the bulk load below. Bounded, and if it runs out of time it says what
@@ -100,7 +101,7 @@ async def test_a_backlog_of_100000_drains_in_batches_while_reserving(
     watchdog = asyncio.create_task(snapshot_later())
     try:
         async with asyncio.timeout(120):
-            await _backlog_drains(service, db, make_product)
+            await _backlog_drains(service, pool, db, make_product)
     except TimeoutError:
         await asyncio.wait_for(watchdog, 5)
         pytest.fail("backlog test ran out of time; backends:\n" + "\n".join(map(str, seen)))
@@ -108,7 +109,7 @@ async def test_a_backlog_of_100000_drains_in_batches_while_reserving(
         watchdog.cancel()
 
 
-async def _backlog_drains(service, db, make_product):
+async def _backlog_drains(service, pool, db, make_product):
     hot, other = await make_product(200_000), await make_product(10_000)
     # 100,000 holds already past expiry, made in bulk the way reserve would make them.
     await db.execute(
@@ -134,7 +135,7 @@ async def _backlog_drains(service, db, make_product):
     # A bulk load no server would see: give the planner the statistics autovacuum would.
     await db.execute("ANALYZE reservation, reservation_line, stock_movement, product")
     assert (await stock(db, hot))["reserved"] == 100_000
-    sweeper = Sweeper(service.reservations, interval=0.05, batch_size=500)
+    sweeper = Sweeper(Reservations(pool, 600), interval=0.05, batch_size=500)
     drain = asyncio.create_task(sweeper.sweep_once())
 
     # Reservations on the same hot product and on another keep succeeding mid-drain.
@@ -160,7 +161,7 @@ async def _backlog_drains(service, db, make_product):
 
 
 async def test_a_locked_product_does_not_stop_other_holds_expiring(
-    service, db, database_url, make_product
+    service, pool, db, database_url, make_product
 ):
     """A row someone keeps locked (a psql prompt left open) holds up only its own holds."""
     import asyncpg
@@ -174,12 +175,12 @@ async def test_a_locked_product_does_not_stop_other_holds_expiring(
         async with blocker.transaction():
             await blocker.execute("SELECT 1 FROM product WHERE sku = $1 FOR UPDATE", locked)
             started = asyncio.get_running_loop().time()
-            swept = await Sweeper(service.reservations, interval=0, batch_size=1).sweep_once()
+            swept = await Sweeper(Reservations(pool, 600), interval=0, batch_size=1).sweep_once()
             assert asyncio.get_running_loop().time() - started < 2
             assert swept >= 2
             assert (await stock(db, free))["reserved"] == 0
             assert (await stock(db, locked))["reserved"] == 2  # passed over, not lost
-        swept = await Sweeper(service.reservations, interval=0, batch_size=1).sweep_once()
+        swept = await Sweeper(Reservations(pool, 600), interval=0, batch_size=1).sweep_once()
         assert (await stock(db, locked))["reserved"] == 0
     finally:
         await blocker.close()

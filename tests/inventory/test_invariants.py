@@ -26,7 +26,7 @@ async def test_version_bumps_on_any_writer(db, make_product):
 async def test_a_resolved_hold_never_changes_again(service, db, make_product):
     sku = await make_product(2)
     held = await service.reserve([LineRequest(sku, 1)])
-    await service.reservations.release(held.id)
+    await service.release(held.id)
     with pytest.raises(asyncpg.CheckViolationError):
         await db.execute("UPDATE reservation SET status = 'CONFIRMED' WHERE id = $1::uuid", held.id)
 

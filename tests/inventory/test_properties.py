@@ -62,6 +62,7 @@ from inventory_graphql.inventory.models import (
     ResolveOutcome,
 )
 from inventory_graphql.inventory.reconcile import reconcile
+from inventory_graphql.inventory.reservations import Reservations
 from inventory_graphql.inventory.service import InventoryService
 from inventory_graphql.inventory.sweeper import Sweeper
 from inventory_graphql.inventory.validation import MAX_STOCK
@@ -292,13 +293,14 @@ class Harness:
         # The checks' own connection: never one the service could be waiting for.
         self.db = await asyncpg.connect(url)
         self._stack.push_async_callback(self.db.close)
-        self.service = InventoryService.from_pool(self.pool, Settings(), coalesce=self.coalesce)
-        await self._stack.enter_async_context(self.service.running())
+        self.service = InventoryService(self.pool, Settings(coalesce_reservations=self.coalesce))
+        # No sweeper: the rules decide when holds expire.
+        await self._stack.enter_async_context(self.service.running(sweep=False))
 
     async def _tidy(self) -> bool:
         """Leave nothing due behind (later examples count what a sweep expires); is the
         database still sound?"""
-        await Sweeper(self.service.reservations, interval=0, batch_size=500).sweep_once()
+        await Sweeper(Reservations(self.pool, 600), interval=0, batch_size=500).sweep_once()
         due = await self.db.fetchval(DUE)
         report = await reconcile(self.db, overdue_grace_seconds=OVERDUE_GRACE_SECONDS)
         return due == 0 and report.ok
@@ -380,7 +382,7 @@ class InventoryMachine(RuleBasedStateMachine):
 
     def _create(self, slot: int, quantity: int) -> ProductOutcome:
         sku, name = self.sku(slot), f"Property test product {slot}"
-        outcome = self.run(self.service.catalog.create_product(sku, name, quantity))
+        outcome = self.run(self.service.create_product(sku, name, quantity))
         if quantity < 0:
             assert isinstance(outcome, InvalidInput) and outcome.field == "quantity", outcome
         elif sku in self.model.products:
@@ -398,7 +400,7 @@ class InventoryMachine(RuleBasedStateMachine):
         stock = self.model.products.get(sku)
         if stock is not None and to_reserved is not None:
             delta = stock.reserved - stock.quantity + to_reserved
-        outcome = self.run(self.service.catalog.adjust_stock(sku, delta, REASON))
+        outcome = self.run(self.service.adjust_stock(sku, delta, REASON))
         if delta == 0 or abs(delta) > MAX_STOCK:
             assert isinstance(outcome, InvalidInput) and outcome.field == "delta", outcome
         elif stock is None:
@@ -505,13 +507,13 @@ class InventoryMachine(RuleBasedStateMachine):
             granted.append(fits)
             for line in lines if fits else ():
                 available[line.sku] -= line.quantity
-        batches = self.service.coalescer.batches
+        batches = self.service.stats().batches
 
         async def together() -> list[ReserveOutcome]:
             return await asyncio.gather(*(self.service.reserve(lines, ttl) for lines in requests))
 
         outcomes = self.run(together())
-        assert self.service.coalescer.batches == batches + 1, "the requests were not one batch"
+        assert self.service.stats().batches == batches + 1, "the requests were not one batch"
         new = []
         for lines, fits, before, outcome in zip(requests, granted, at_turn, outcomes, strict=True):
             if fits:
@@ -564,13 +566,15 @@ class InventoryMachine(RuleBasedStateMachine):
         pending = [hold for hold in self.model.pending() if not hold.due]
         if move == "release" and pending:
             hold = data.draw(st.sampled_from(pending), label="released")
-            moving = self.service.reservations.release(hold.id)
+            moving = self.service.release(hold.id)
         else:
             sku = data.draw(st.sampled_from(sorted(self.model.products)), label="restocked")
             stock, delta = self.model.products[sku], data.draw(st.integers(1, 4), label="delta")
-            moving = self.service.catalog.adjust_stock(sku, delta, REASON)
+            moving = self.service.adjust_stock(sku, delta, REASON)
             hold = None
-        coalescer = self.service.coalescer
+        # The move must land between two passes of one batch: hook the service's coalescer.
+        coalescer = self.service._coalescer
+        assert coalescer is not None
         passes = coalescer._fetch_alone
         moved: list[Any] = []
 
@@ -612,8 +616,7 @@ class InventoryMachine(RuleBasedStateMachine):
         if case in UNKNOWN_HOLDS:
             action, kind = case.split()
             raw = str(uuid.uuid4()) if kind == "unknown" else "not-a-uuid"
-            reservations = self.service.reservations
-            resolve = reservations.confirm if action == "confirm" else reservations.release
+            resolve = self.service.confirm if action == "confirm" else self.service.release
             assert self.run(resolve(raw)) == ReservationNotFound(raw)
             return
         sku, ttl, key = self.sku(slot), None, None
@@ -638,7 +641,7 @@ class InventoryMachine(RuleBasedStateMachine):
     @rule(hold_id=holds)
     def confirm(self, hold_id: str) -> None:
         hold = self.model.holds[hold_id]
-        outcome = self.run(self.service.reservations.confirm(hold_id))
+        outcome = self.run(self.service.confirm(hold_id))
         if hold.status is PENDING and not hold.due:
             self._ended_now(hold, CONFIRMED, outcome)
             assert outcome == hold.as_reservation()
@@ -654,7 +657,7 @@ class InventoryMachine(RuleBasedStateMachine):
     @rule(hold_id=holds)
     def release(self, hold_id: str) -> None:
         hold = self.model.holds[hold_id]
-        outcome = self.run(self.service.reservations.release(hold_id))
+        outcome = self.run(self.service.release(hold_id))
         if hold.status is PENDING:
             # Past expiry but not yet swept: release expires it, and answers it.
             self._ended_now(hold, EXPIRED if hold.due else RELEASED, outcome)
@@ -703,7 +706,7 @@ class InventoryMachine(RuleBasedStateMachine):
             if not hold.due:
                 self._make_due(hold)
         due = self.model.due()
-        sweeper = Sweeper(self.service.reservations, interval=0, batch_size=batch_size)
+        sweeper = Sweeper(Reservations(self.pool, 600), interval=0, batch_size=batch_size)
         assert self.run(sweeper.sweep_once()) == len(due)
         for hold in due:
             self.model.end(hold, EXPIRED)
@@ -718,7 +721,7 @@ class InventoryMachine(RuleBasedStateMachine):
                 self._make_due(hold)
         due = sorted(self.model.due(), key=lambda hold: hold.expires_at)
         limit = data.draw(st.integers(1, len(due) - 1), label="limit")
-        assert self.run(self.service.reservations.expire_due(limit)) == (limit, [])
+        assert self.run(Reservations(self.pool, 600).expire_due(limit)) == (limit, [])
         for hold in due[:limit]:
             self.model.end(hold, EXPIRED)
 

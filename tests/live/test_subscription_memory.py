@@ -19,7 +19,7 @@ async def test_a_subscription_keeps_no_memory_per_delivered_update(service, make
     sku = await make_product(10)
     # The real schema and hub, in this process so its memory can be traced; the test
     # publishes changes itself instead of running the hub's listener.
-    hub = AvailabilityHub(broadcast=None, catalog=service.catalog)  # type: ignore[arg-type]
+    hub = AvailabilityHub(broadcast=None, read_products=service.products)  # type: ignore[arg-type]
     socket = WebSocket({"type": "websocket", "headers": []}, receive=None, send=None)  # type: ignore[arg-type]
     context = Context(request=socket, response=None, service=service, hub=hub)
     stream = await build_schema().subscribe(

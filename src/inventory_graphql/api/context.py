@@ -33,5 +33,5 @@ class Context:
         self.products = DataLoader(load_fn=self._load_products)
 
     async def _load_products(self, skus: Sequence[str]) -> list[models.Product | None]:
-        found = {p.sku: p for p in await self.service.catalog.products(skus, len(skus))}
+        found = {p.sku: p for p in await self.service.products(skus, len(skus))}
         return [found.get(sku) for sku in skus]

@@ -13,27 +13,19 @@ the same JSON text.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections.abc import Callable
 from typing import Any
 
 import orjson
-from graphql import (
-    DocumentNode,
-    FieldNode,
-    FragmentSpreadNode,
-    GraphQLResolveInfo,
-    Node,
-    VariableNode,
-)
+from graphql import FieldNode, FragmentSpreadNode, GraphQLResolveInfo, Node, VariableNode
 from starlette.websockets import WebSocket, WebSocketDisconnect
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Operation
 
-from inventory_graphql.api.execution import Executor
-
-# The graphql-transport-ws operation whose resolvers run in this task (set by the handler).
-current_operation: contextvars.ContextVar[Operation[Any, Any] | None] = contextvars.ContextVar(
-    "current_operation", default=None
+from inventory_graphql.api.internals import (
+    Executor,
+    LiveOperation,
+    current_operation,
+    execute_event,
+    subscription_executor,
 )
 
 
@@ -61,8 +53,8 @@ class Delivery:
 
     def __init__(
         self,
-        info: GraphQLResolveInfo,
-        operation: Operation[Any, Any],
+        info: GraphQLResolveInfo[Any],
+        operation: LiveOperation,
         socket: WebSocket,
         renderings: Renderings,
     ) -> None:
@@ -84,9 +76,10 @@ class Delivery:
         )
 
     @classmethod
-    def open(cls, info: GraphQLResolveInfo, renderings: Renderings | None) -> Delivery | None:
-        """A direct line, or None outside a graphql-transport-ws operation."""
-        operation = current_operation.get()
+    def open(cls, info: GraphQLResolveInfo[Any], renderings: Renderings | None) -> Delivery | None:
+        """A direct line, or None outside a graphql-transport-ws operation (or when direct
+        delivery is off: then there are no renderings, and no operation is recorded)."""
+        operation = current_operation()
         socket = getattr(info.context, "request", None)
         if operation is None or renderings is None or not isinstance(socket, WebSocket):
             return None
@@ -97,10 +90,11 @@ class Delivery:
         executed on `to_payload(change)`; None when executing it gave errors."""
         if (text := self._renderings.get(self.selection, change)) is not None:
             return text
-        executor = self._executor or self._build_executor()
-        result = executor.build_per_event_executor(to_payload(change)).execute_operation(False)
-        if executor.is_awaitable(result):
-            result = await result
+        if self._executor is None:
+            self._executor = subscription_executor(
+                self._info, self._operation.variables, self._operation.operation_name
+            )
+        result = await execute_event(self._executor, to_payload(change))
         if result.errors:
             return None  # the ordinary path reports errors the way Strawberry does
         text = orjson.dumps({"data": result.data}).decode()
@@ -108,7 +102,7 @@ class Delivery:
         return text
 
     async def send(self, payload: str) -> None:
-        if self._operation.completed:
+        if self._operation.completed():
             return
         try:
             await self._socket.send_text(f"{self._prefix}{payload}}}")
@@ -117,23 +111,8 @@ class Delivery:
             # for that instead of ending the stream (its `complete` could not be sent).
             await asyncio.Future()
 
-    def _build_executor(self) -> Executor:
-        info = self._info
-        document = DocumentNode(definitions=(info.operation, *info.fragments.values()))
-        built = Executor.build(
-            info.schema,
-            document,
-            context_value=info.context,
-            raw_variable_values=self._operation.variables,
-            operation_name=self._operation.operation_name,
-        )
-        # The operation's variables were accepted when it started; they still are.
-        assert isinstance(built, Executor), built
-        self._executor = built
-        return built
 
-
-def _variables_in(fields: list[FieldNode], info: GraphQLResolveInfo) -> set[str]:
+def _variables_in(fields: list[FieldNode], info: GraphQLResolveInfo[Any]) -> set[str]:
     """Variables used by the fields' directives and selections (fragments followed)."""
     found: set[str] = set()
     seen_fragments: set[str] = set()

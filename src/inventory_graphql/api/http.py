@@ -2,54 +2,47 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
+from cross_web import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http.async_base_view import HTTPException
 from strawberry.schema import BaseSchema
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
-    BaseGraphQLTransportWSHandler,
-    Operation,
-)
 from strawberry.types.unset import UnsetType
 
 from inventory_graphql.api.auth import Tokens, bearer, connection_token
 from inventory_graphql.api.context import Context
-from inventory_graphql.api.delivery import current_operation
+from inventory_graphql.api.internals import (
+    DirectDeliveryTransportWsHandler,
+    GuardedTransportWsHandler,
+)
+from inventory_graphql.state import app_state
 
 BODY_SHAPE = "The request body must be one JSON object with a `query` (batching is off)."
 STOREFRONT_REFUSAL = "This needs the storefront token: send `Authorization: Bearer <token>`."
 
 
-class TransportWsHandler(BaseGraphQLTransportWSHandler[Context, None]):
-    # Strawberry's handler indexes every message as a dict: a JSON array or number
-    # crashes the connection (1006). Refuse it as the protocol says: close 4400.
-    async def handle_message(self, message: object) -> None:
-        if not isinstance(message, dict):
-            await self.handle_invalid_message("Failed to parse message")
-            return
-        await super().handle_message(message)  # type: ignore[arg-type]
-
-    async def run_operation(self, operation: Operation[Context, None]) -> None:
-        # The operation's own task: its resolvers can find their operation (and send
-        # updates straight to the socket, see delivery.py).
-        current_operation.set(operation)
-        await super().run_operation(operation)
-
-
 class GraphQLEndpoint(GraphQL[Context, None]):
-    graphql_transport_ws_handler_class = TransportWsHandler
-
     def __init__(
-        self, schema: BaseSchema, tokens: Tokens, live_interval_seconds: float, **options: object
+        self,
+        schema: BaseSchema,
+        tokens: Tokens,
+        live_interval_seconds: float,
+        *,
+        direct_delivery: bool,
+        **options: Any,
     ) -> None:
-        super().__init__(schema, **options)  # type: ignore[arg-type]
+        super().__init__(schema, **options)
         self.tokens = tokens
         self.live_interval_seconds = live_interval_seconds
+        self.graphql_transport_ws_handler_class = (
+            DirectDeliveryTransportWsHandler if direct_delivery else GuardedTransportWsHandler
+        )
 
     def parse_json(self, data: str | bytes) -> dict[str, object]:
         # Strawberry crashes (500) on JSON that is not an object, and on invalid UTF-8.
@@ -68,19 +61,21 @@ class GraphQLEndpoint(GraphQL[Context, None]):
         # Text, not bytes: Strawberry sends bytes over WebSocket as binary frames.
         return orjson.dumps(data).decode()
 
-    async def get_context(self, request: Request | WebSocket, response: Response | None) -> Context:
+    async def get_context(
+        self, request: Request | WebSocket, response: Response | WebSocket
+    ) -> Context:
         # The service lives in the app's lifespan state, not in a module global.
-        state = request.state
+        state = app_state(request)
         token = bearer(request.headers)
         if isinstance(request, Request) and not self.tokens.is_shopper(token):
             raise HTTPException(401, STOREFRONT_REFUSAL)
         return Context(
             request=request,
-            response=response,
-            service=state.service,
-            hub=state.hub,
-            metrics=state.metrics,
-            renderings=state.renderings,
+            response=response if isinstance(response, Response) else None,
+            service=state["service"],
+            hub=state["hub"],
+            metrics=state["metrics"],
+            renderings=state["renderings"],
             live_interval_seconds=self.live_interval_seconds,
             is_admin=self.tokens.is_admin(token),
         )
@@ -101,11 +96,13 @@ def graphql_endpoint(
     max_subscriptions_per_connection: int,
     graphiql: bool,
     live_interval_seconds: float,
+    direct_delivery: bool,
 ) -> GraphQLEndpoint:
     return GraphQLEndpoint(
         schema,
         tokens,
         live_interval_seconds,
+        direct_delivery=direct_delivery,
         graphql_ide="graphiql" if graphiql else None,
         subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
         max_subscriptions_per_connection=max_subscriptions_per_connection,

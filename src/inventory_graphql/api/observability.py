@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from graphql import FieldNode, OperationDefinitionNode
 from strawberry.extensions import SchemaExtension
 
+from inventory_graphql.api.internals import core_schema
+
 
 class OperationMetrics(SchemaExtension):
     def on_operation(self) -> Iterator[None]:
@@ -28,7 +30,9 @@ class OperationMetrics(SchemaExtension):
         document = self.execution_context.graphql_document
         if document is None:
             return "invalid", "unknown"
-        schema = self.execution_context.schema._schema
+        schema = core_schema(self.execution_context.schema)
+        if schema is None:
+            return "unknown", "unknown"
         for definition in document.definitions:
             if isinstance(definition, OperationDefinitionNode):
                 kind = definition.operation.value

@@ -1,12 +1,14 @@
 """Expected failures as GraphQL types, and the unions that mutations answer with.
 
 A business outcome is never a top-level GraphQL error: clients select the member they
-care about with `... on InsufficientStock { available }`.
+care about with `... on InsufficientStock { available }`. Each service outcome maps to its
+GraphQL type in a `match` that mypy checks: a renamed field or a new outcome the API
+does not answer fails the type check, not a request at run time.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, assert_never
 
 import strawberry
 
@@ -70,23 +72,61 @@ ProductResult = Annotated[
     strawberry.union("ProductResult"),
 ]
 
-_PROBLEMS: dict[type, type] = {
-    models.InsufficientStock: InsufficientStock,
-    models.ProductNotFound: ProductNotFound,
-    models.ProductExists: ProductExists,
-    models.InvalidInput: InvalidInput,
-    models.IdempotencyKeyReused: IdempotencyKeyReused,
-    models.ReservationNotFound: ReservationNotFound,
-    models.ReservationNotPending: ReservationNotPending,
-}
+
+def _product_not_found(problem: models.ProductNotFound) -> ProductNotFound:
+    return ProductNotFound(message=problem.message, sku=problem.sku)
 
 
-def to_graphql(outcome: Any) -> Any:
-    """The GraphQL type for a service outcome; problems keep their fields and message."""
-    if isinstance(outcome, models.Reservation):
-        return Reservation.from_domain(outcome)
-    if isinstance(outcome, models.Product):
-        return Product.from_domain(outcome)
-    problem = _PROBLEMS[type(outcome)]
-    fields = {name: getattr(outcome, name) for name in problem.__annotations__ if name != "message"}
-    return problem(message=outcome.message, **fields)
+def _invalid_input(problem: models.InvalidInput) -> InvalidInput:
+    return InvalidInput(message=problem.message, field=problem.field)
+
+
+def reserve_result(outcome: models.ReserveOutcome) -> ReserveResult:
+    match outcome:
+        case models.Reservation():
+            return Reservation.from_domain(outcome)
+        case models.InsufficientStock():
+            return InsufficientStock(
+                message=outcome.message,
+                sku=outcome.sku,
+                requested=outcome.requested,
+                available=outcome.available,
+            )
+        case models.ProductNotFound():
+            return _product_not_found(outcome)
+        case models.InvalidInput():
+            return _invalid_input(outcome)
+        case models.IdempotencyKeyReused():
+            return IdempotencyKeyReused(
+                message=outcome.message, idempotency_key=outcome.idempotency_key
+            )
+        case _:
+            assert_never(outcome)
+
+
+def resolve_result(outcome: models.ResolveOutcome) -> ResolveResult:
+    match outcome:
+        case models.Reservation():
+            return Reservation.from_domain(outcome)
+        case models.ReservationNotFound():
+            return ReservationNotFound(message=outcome.message, id=strawberry.ID(outcome.id))
+        case models.ReservationNotPending():
+            return ReservationNotPending(
+                message=outcome.message, id=strawberry.ID(outcome.id), status=outcome.status
+            )
+        case _:
+            assert_never(outcome)
+
+
+def product_result(outcome: models.ProductOutcome) -> ProductResult:
+    match outcome:
+        case models.Product():
+            return Product.from_domain(outcome)
+        case models.ProductNotFound():
+            return _product_not_found(outcome)
+        case models.ProductExists():
+            return ProductExists(message=outcome.message, sku=outcome.sku)
+        case models.InvalidInput():
+            return _invalid_input(outcome)
+        case _:
+            assert_never(outcome)

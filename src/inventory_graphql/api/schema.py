@@ -14,14 +14,22 @@ from strawberry.extensions import (
     QueryDepthLimiter,
 )
 
+from inventory_graphql.api import fields
 from inventory_graphql.api.auth import IsAdmin
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.disconnect import unless_disconnected
 from inventory_graphql.api.errors import ErrorPolicy
-from inventory_graphql.api.execution import Executor
-from inventory_graphql.api.request_guards import RequestGuards
+from inventory_graphql.api.internals import Executor
 from inventory_graphql.api.observability import OperationMetrics
-from inventory_graphql.api.outcomes import ProductResult, ReserveResult, ResolveResult, to_graphql
+from inventory_graphql.api.outcomes import (
+    ProductResult,
+    ReserveResult,
+    ResolveResult,
+    product_result,
+    reserve_result,
+    resolve_result,
+)
+from inventory_graphql.api.request_guards import RequestGuards
 from inventory_graphql.api.subscriptions import Subscription
 from inventory_graphql.api.types import Product, Reservation, ReserveLineInput
 from inventory_graphql.inventory.models import LineRequest
@@ -42,12 +50,12 @@ def _given(value: T | None) -> T | None:
 
 @strawberry.type
 class Query:
-    @strawberry.field(description="One product by sku; null when there is none.")
+    @fields.field(description="One product by sku; null when there is none.")
     async def product(self, info: Info, sku: str) -> Product | None:
         found = await info.context.products.load(sku)
         return Product.from_domain(found) if found else None
 
-    @strawberry.field(description="Products by sku (or all, by sku), at most `first` of them.")
+    @fields.field(description="Products by sku (or all, by sku), at most `first` of them.")
     async def products(
         self, info: Info, skus: list[str] | None = UNSET, first: int | None = 100
     ) -> list[Product]:
@@ -56,18 +64,18 @@ class Query:
             raise GraphQLError(
                 f"first must be 0 to {MAX_PAGE}", extensions={"code": "BAD_USER_INPUT"}
             )
-        found = await info.context.service.catalog.products(_given(skus), first)
+        found = await info.context.service.products(_given(skus), first)
         return [Product.from_domain(p) for p in found]
 
-    @strawberry.field(description="A reservation by id; null when unknown or malformed.")
+    @fields.field(description="A reservation by id; null when unknown or malformed.")
     async def reservation(self, info: Info, id: strawberry.ID) -> Reservation | None:
-        found = await info.context.service.reservations.get(id)
+        found = await info.context.service.reservation(id)
         return Reservation.from_domain(found) if found else None
 
 
 @strawberry.type
 class Mutation:
-    @strawberry.mutation(description="Hold stock for every line, or for none of them.")
+    @fields.mutation(description="Hold stock for every line, or for none of them.")
     async def reserve(
         self,
         info: Info,
@@ -82,29 +90,29 @@ class Mutation:
         )
         if info.context.metrics is not None:
             info.context.metrics.reservations.labels(type(outcome).__name__).inc()
-        return to_graphql(outcome)
+        return reserve_result(outcome)
 
-    @strawberry.mutation(description="Payment succeeded: the held units leave the stock.")
+    @fields.mutation(description="Payment succeeded: the held units leave the stock.")
     async def confirm(self, info: Info, id: strawberry.ID) -> ResolveResult:
-        return to_graphql(await info.context.service.reservations.confirm(id))
+        return resolve_result(await info.context.service.confirm(id))
 
-    @strawberry.mutation(description="Payment failed: the held units return to the stock.")
+    @fields.mutation(description="Payment failed: the held units return to the stock.")
     async def release(self, info: Info, id: strawberry.ID) -> ResolveResult:
-        return to_graphql(await info.context.service.reservations.release(id))
+        return resolve_result(await info.context.service.release(id))
 
-    @strawberry.mutation(
+    @fields.mutation(
         description="Add a product with its initial stock. Needs the admin token.",
         permission_classes=[IsAdmin],
     )
     async def create_product(self, info: Info, sku: str, name: str, quantity: int) -> ProductResult:
-        return to_graphql(await info.context.service.catalog.create_product(sku, name, quantity))
+        return product_result(await info.context.service.create_product(sku, name, quantity))
 
-    @strawberry.mutation(
+    @fields.mutation(
         description="Restock (positive delta) or write off (negative). Needs the admin token.",
         permission_classes=[IsAdmin],
     )
     async def adjust_stock(self, info: Info, sku: str, delta: int, reason: str) -> ProductResult:
-        return to_graphql(await info.context.service.catalog.adjust_stock(sku, delta, reason))
+        return product_result(await info.context.service.adjust_stock(sku, delta, reason))
 
 
 class InventorySchema(strawberry.Schema):

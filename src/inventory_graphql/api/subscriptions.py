@@ -9,8 +9,10 @@ from datetime import datetime
 import strawberry
 from graphql import GraphQLError
 
+from inventory_graphql.api import fields
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.delivery import Delivery
+from inventory_graphql.api.internals import raw_info
 from inventory_graphql.inventory import validation
 from inventory_graphql.inventory.models import StockLevel
 
@@ -44,7 +46,7 @@ def _bad_input(message: str) -> GraphQLError:
 
 @strawberry.type
 class Subscription:
-    @strawberry.subscription(
+    @fields.subscription(
         description="The current state of each sku, then every change to it. Per sku, "
         "versions strictly increase; a slow reader may skip versions, never go back."
     )
@@ -60,7 +62,7 @@ class Subscription:
         # Watch first, read second: a change committed in between reaches the mailbox,
         # and versions sort out which of the two is newer.
         with context.hub.watch(wanted) as mailbox:
-            products = await context.service.catalog.products(wanted, len(wanted))
+            products = await context.service.products(wanted, len(wanted))
             if unknown := sorted(set(wanted) - {p.sku for p in products}):
                 raise _bad_input(f"unknown skus: {', '.join(unknown[:10])}")
             for product in products:
@@ -75,10 +77,10 @@ class Subscription:
                     else:
                         yield AvailabilityUpdate.from_domain(level)
                 # The first results (the snapshot) take the ordinary path; the rest go
-                # straight to the socket when the transport allows it.
-                # (Strawberry's Info does not expose the field nodes and fragments a
-                # rendering needs; graphql-core's does.)
-                delivery = delivery or Delivery.open(info._raw_info, context.renderings)
+                # straight to the socket when the transport allows it and direct delivery
+                # is on (then the process has renderings).
+                if delivery is None and context.renderings is not None:
+                    delivery = Delivery.open(raw_info(info), context.renderings)
                 # At most one delivery per interval per subscriber; changes arriving
                 # meanwhile coalesce in the mailbox (latest wins) and go out together.
                 # The first change after a quiet spell goes out at once.

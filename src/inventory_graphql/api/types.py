@@ -9,7 +9,9 @@ import strawberry
 from inventory_graphql.api.context import Context
 from inventory_graphql.inventory import models
 
-ReservationStatus = strawberry.enum(models.ReservationStatus, name="ReservationStatus")
+# The domain's enum, registered with Strawberry in place (same class, so no mapping).
+strawberry.enum(models.ReservationStatus, name="ReservationStatus")
+ReservationStatus = models.ReservationStatus
 
 
 @strawberry.type

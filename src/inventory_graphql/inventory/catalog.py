@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from inventory_graphql.database import Connection
 from inventory_graphql.inventory import validation
 from inventory_graphql.inventory.models import (
     InvalidInput,
@@ -16,37 +17,48 @@ from inventory_graphql.inventory.models import (
 )
 from inventory_graphql.inventory.transactions import in_transaction
 
-PRODUCT_COLUMNS = "sku, name, quantity, reserved, version, updated_at"
-
-SELECT_BY_SKUS = f"""
-SELECT {PRODUCT_COLUMNS} FROM product WHERE sku = any($1::text[]) ORDER BY sku LIMIT $2
+# Every statement returns a product's columns in this order (Product.from_row reads them).
+SELECT_BY_SKUS = """
+SELECT sku, name, quantity, reserved, version, updated_at
+FROM product WHERE sku = any($1::text[]) ORDER BY sku LIMIT $2
 """
 
-SELECT_FIRST = f"SELECT {PRODUCT_COLUMNS} FROM product ORDER BY sku LIMIT $1"
+SELECT_FIRST = """
+SELECT sku, name, quantity, reserved, version, updated_at FROM product ORDER BY sku LIMIT $1
+"""
 
-CREATE = f"""
+SELECT_ONE = """
+SELECT sku, name, quantity, reserved, version, updated_at FROM product WHERE sku = $1
+"""
+
+CREATE = """
 WITH created AS (
+    -- A sku that exists already inserts nothing, and then the ledger gets nothing.
     INSERT INTO product (sku, name, quantity) VALUES ($1, $2, $3)
     ON CONFLICT (sku) DO NOTHING
-    RETURNING id, {PRODUCT_COLUMNS}
+    RETURNING id, sku, name, quantity, reserved, version, updated_at
 ), movement AS (
+    -- The opening stock is the product's first ledger row, in the same statement.
     INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reason)
     SELECT id, 'CREATE', quantity, 0, 'created' FROM created
 )
-SELECT {PRODUCT_COLUMNS} FROM created
+SELECT sku, name, quantity, reserved, version, updated_at FROM created
 """
 
 # The bound check happens in the WHERE clause, under the row lock: never read-then-write.
-ADJUST = f"""
+ADJUST = """
 WITH adjusted AS (
+    -- Stock may not fall below what is held, nor rise above validation.MAX_STOCK (the
+    -- product table's CHECK holds the same number; a test checks all three agree).
     UPDATE product SET quantity = quantity + $2::bigint
-    WHERE sku = $1 AND quantity + $2::bigint BETWEEN reserved AND {validation.MAX_STOCK}
-    RETURNING id, {PRODUCT_COLUMNS}
+    WHERE sku = $1 AND quantity + $2::bigint BETWEEN reserved AND 1000000000
+    RETURNING id, sku, name, quantity, reserved, version, updated_at
 ), movement AS (
+    -- The ledger row, written only when the update happened.
     INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reason)
     SELECT id, 'ADJUST', $2, 0, $3 FROM adjusted
 )
-SELECT {PRODUCT_COLUMNS} FROM adjusted
+SELECT sku, name, quantity, reserved, version, updated_at FROM adjusted
 """
 
 
@@ -66,23 +78,19 @@ class Catalog:
         return found[0] if found else None
 
     async def create_product(self, sku: str, name: str, quantity: int) -> ProductOutcome:
-        if invalid := validation.check_new_product(sku, name, quantity):
-            return invalid
+        """Inputs are valid (the service checked them)."""
         row = await self._pool.fetchrow(CREATE, sku, name, quantity)
         return Product.from_row(row) if row else ProductExists(sku)
 
     async def adjust_stock(self, sku: str, delta: int, reason: str) -> ProductOutcome:
-        if invalid := validation.check_adjustment(sku, delta, reason):
-            return invalid
+        """Inputs are valid (the service checked them)."""
 
-        async def adjust(conn: asyncpg.Connection) -> ProductOutcome:
+        async def adjust(conn: Connection) -> ProductOutcome:
             row = await conn.fetchrow(ADJUST, sku, delta, reason)
             if row:
                 return Product.from_row(row)
             # Nothing changed; read only to explain why.
-            current = await conn.fetchrow(
-                f"SELECT {PRODUCT_COLUMNS} FROM product WHERE sku = $1", sku
-            )
+            current = await conn.fetchrow(SELECT_ONE, sku)
             if current is None:
                 return ProductNotFound(sku)
             product = Product.from_row(current)

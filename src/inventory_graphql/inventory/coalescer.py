@@ -37,6 +37,7 @@ from itertools import groupby
 import asyncpg
 
 from inventory_graphql.background import background
+from inventory_graphql.database import Connection
 from inventory_graphql.inventory.contention import Contention
 from inventory_graphql.inventory.errors import Busy, is_busy, is_database_unavailable
 from inventory_graphql.inventory.give_back import GiveBack
@@ -81,24 +82,31 @@ MAX_FAILURES = 3
 # and its product's availability after the statement.
 GRANT_SINGLES = """
 WITH request AS (
+    -- The batch as rows; ord is arrival order, which FIFO is about.
     SELECT * FROM unnest($1::text[], $2::int[], $3::uuid[], $4::float8[]) WITH ORDINALITY
         AS r(sku, quantity, id, ttl, ord)
 ), locked AS (
+    -- Each product locked once, in sku order; its latest committed numbers.
     SELECT id, sku, quantity - reserved AS available
     FROM product WHERE sku = any($1::text[]) ORDER BY sku FOR UPDATE
 ), fifo AS (
+    -- What each request and every earlier one for its product want together.
     SELECT r.*, l.id AS product_id, l.available,
            sum(r.quantity) OVER (PARTITION BY l.id ORDER BY r.ord) AS wanted_so_far
     FROM request r JOIN locked l ON l.sku = r.sku
 ), granted AS (
+    -- A request is granted when it fits after everything before it (no overtaking).
     SELECT * FROM fifo WHERE wanted_so_far <= available
 ), per_product AS (
+    -- One update per product, however many requests it granted.
     SELECT product_id, sum(quantity)::int AS quantity FROM granted GROUP BY product_id
 ), held AS (
+    -- The design's reservation, for the whole batch's share of each product at once.
     UPDATE product p SET reserved = p.reserved + g.quantity, updated_at = now()
     FROM per_product g
     WHERE p.id = g.product_id
 ), hold AS (
+    -- The granted requests' holds, under the ids their requests were given beforehand.
     INSERT INTO reservation (id, expires_at)
     SELECT id, now() + make_interval(secs => ttl) FROM granted
     RETURNING id, created_at, expires_at
@@ -106,6 +114,7 @@ WITH request AS (
     INSERT INTO reservation_line (reservation_id, product_id, quantity)
     SELECT id, product_id, quantity FROM granted
 ), movement AS (
+    -- The ledger: one RESERVE row per granted line, as the per-request path writes.
     INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reservation_id)
     SELECT product_id, 'RESERVE', 0, quantity, id FROM granted
 )
@@ -328,7 +337,7 @@ class ReservationCoalescer:
         """One self-committing statement."""
         return await in_one_statement(self._pool, lambda conn: conn.fetch(query, *args))
 
-    async def _grant(self, conn: asyncpg.Connection, batch: list[_Request]) -> Decided:
+    async def _grant(self, conn: Connection, batch: list[_Request]) -> Decided:
         """A batch with carts, in the caller's transaction (committed after this returns)."""
         await conn.execute(LOCK_SKUS, sorted({sku for request in batch for sku in request.skus}))
         decided: Decided = {}
@@ -455,7 +464,7 @@ class _Refused(Exception):
         self.refusal = refusal
 
 
-async def _hold_cart(conn: asyncpg.Connection, cart: _Request) -> ReserveOutcome:
+async def _hold_cart(conn: Connection, cart: _Request) -> ReserveOutcome:
     """A cart, all or nothing, in a savepoint: a refused cart undoes only itself, and
     says why under the row lock of the line that did not fit."""
     try:

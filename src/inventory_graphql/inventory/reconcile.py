@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import asyncpg
+from inventory_graphql.database import Connection
 
 MISMATCHED_PRODUCTS = """
 WITH moved AS (
+    -- What the ledger says each product's numbers are.
     SELECT product_id, sum(quantity_delta) AS quantity, sum(reserved_delta) AS reserved
     FROM stock_movement GROUP BY product_id
 ), held AS (
+    -- What the pending holds say each product's reserved is.
     SELECT l.product_id, sum(l.quantity) AS reserved
     FROM reservation_line l JOIN reservation r ON r.id = l.reservation_id
     WHERE r.status = 'PENDING' GROUP BY l.product_id
@@ -29,6 +31,14 @@ WHERE p.quantity <> coalesce(m.quantity, 0)
 ORDER BY p.sku
 """
 
+COUNT_PRODUCTS = "SELECT count(*) FROM product"
+
+COUNT_HOLDS = """
+SELECT count(*) FILTER (WHERE status <> 'VOID') AS holds,
+       count(*) FILTER (WHERE status = 'VOID') AS voided
+FROM reservation
+"""
+
 OVERDUE_HOLDS = """
 SELECT count(*) FROM reservation
 WHERE status = 'PENDING' AND expires_at < now() - make_interval(secs => $1)
@@ -38,9 +48,11 @@ WHERE status = 'PENDING' AND expires_at < now() - make_interval(secs => $1)
 # exactly when the hold has left PENDING, of the kind its status says.
 MISRESOLVED_HOLDS = """
 WITH closing (status, kind) AS (
+    -- The ledger row that must close a hold of each final status.
     VALUES ('CONFIRMED'::reservation_status, 'CONFIRM'::movement_kind),
            ('RELEASED', 'RELEASE'), ('EXPIRED', 'EXPIRE')
 ), per_line AS (
+    -- Per line of every hold: its RESERVE rows, its closing rows, and those that match.
     SELECT r.id, r.status, l.product_id,
            count(m.id) FILTER (WHERE m.kind = 'RESERVE') AS reserves,
            count(m.id) FILTER (WHERE m.kind <> 'RESERVE') AS closes,
@@ -72,15 +84,14 @@ class Report:
         return not self.problems
 
 
-async def reconcile(conn: asyncpg.Connection, overdue_grace_seconds: float) -> Report:
+async def reconcile(conn: Connection, overdue_grace_seconds: float) -> Report:
     """Check every product and hold in one consistent snapshot."""
     report = Report()
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        report.products = await conn.fetchval("SELECT count(*) FROM product")
-        report.holds, report.voided = await conn.fetchrow(
-            "SELECT count(*) FILTER (WHERE status <> 'VOID'), "
-            "count(*) FILTER (WHERE status = 'VOID') FROM reservation"
-        )
+        report.products = await conn.fetchval(COUNT_PRODUCTS)
+        counts = await conn.fetchrow(COUNT_HOLDS)
+        assert counts is not None, "an aggregate returns a row"
+        report.holds, report.voided = counts["holds"], counts["voided"]
         for r in await conn.fetch(MISMATCHED_PRODUCTS):
             report.problems.append(
                 f"{r['sku']}: quantity {r['quantity']} (ledger {r['ledger_quantity']}), "

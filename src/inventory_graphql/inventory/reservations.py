@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import asyncpg
 
+from inventory_graphql.database import Connection
 from inventory_graphql.inventory import validation
 from inventory_graphql.inventory.errors import Busy
 from inventory_graphql.inventory.models import (
@@ -55,11 +56,13 @@ LOCK_AVAILABLE = "SELECT quantity - reserved FROM product WHERE sku = $1 FOR UPD
 
 INSERT_LINES = """
 WITH line AS (
+    -- The hold's lines, already reserved on their products above.
     INSERT INTO reservation_line (reservation_id, product_id, quantity)
     SELECT $1, product_id, quantity FROM unnest($2::bigint[], $3::int[]) AS l(product_id, quantity)
     RETURNING product_id, quantity
 )
 INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reservation_id)
+-- Its ledger rows, one per line, in the same statement.
 SELECT product_id, 'RESERVE', 0, quantity, $1 FROM line
 """
 
@@ -78,14 +81,26 @@ SELECT id, created_at, expires_at FROM reservation
 WHERE id = any($1::uuid[]) AND status <> 'VOID'
 """
 
-SELECT_RESERVATION = """
+# A reservation with its lines (by id, or by idempotency key), lines in sku order.
+RESERVATION_BY_ID = """
 SELECT r.id, r.status, r.created_at, r.expires_at, r.resolved_at,
        array_agg(p.sku ORDER BY p.sku) AS skus,
        array_agg(l.quantity ORDER BY p.sku) AS quantities
 FROM reservation r
 JOIN reservation_line l ON l.reservation_id = r.id
 JOIN product p ON p.id = l.product_id
-WHERE {where}
+WHERE r.id = $1
+GROUP BY r.id
+"""
+
+RESERVATION_BY_KEY = """
+SELECT r.id, r.status, r.created_at, r.expires_at, r.resolved_at,
+       array_agg(p.sku ORDER BY p.sku) AS skus,
+       array_agg(l.quantity ORDER BY p.sku) AS quantities
+FROM reservation r
+JOIN reservation_line l ON l.reservation_id = r.id
+JOIN product p ON p.id = l.product_id
+WHERE r.idempotency_key = $1
 GROUP BY r.id
 """
 
@@ -158,14 +173,17 @@ FOR UPDATE
 # ledger row per line, one update per product.
 SETTLE = """
 WITH line AS (
+    -- The lines of the holds that have just left PENDING (their products are locked).
     SELECT reservation_id, product_id, quantity FROM reservation_line
     WHERE reservation_id = any($1::uuid[])
 ), movement AS (
+    -- One closing ledger row per line; a confirm also takes the units off the stock.
     INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reservation_id)
     SELECT product_id, $2::movement_kind, CASE WHEN $3 THEN -quantity ELSE 0 END, -quantity,
            reservation_id
     FROM line
 ), per_product AS (
+    -- One update per product, however many of these holds it is in.
     SELECT product_id, sum(quantity)::int AS quantity FROM line GROUP BY product_id
 )
 UPDATE product p
@@ -183,9 +201,7 @@ _MOVEMENT_OF = {
 }
 
 
-async def settle(
-    conn: asyncpg.Connection, ids: Sequence[uuid.UUID], status: ReservationStatus
-) -> None:
+async def settle(conn: Connection, ids: Sequence[uuid.UUID], status: ReservationStatus) -> None:
     """Apply the stock side of holds that have just left PENDING for `status`."""
     await conn.execute(LOCK_PRODUCTS_OF, ids)
     await conn.execute(SETTLE, ids, _MOVEMENT_OF[status], status is ReservationStatus.CONFIRMED)
@@ -195,7 +211,7 @@ Refusal = ProductNotFound | InsufficientStock
 
 
 async def hold_lines(
-    conn: asyncpg.Connection,
+    conn: Connection,
     request_id: uuid.UUID,
     lines: Sequence[LineRequest],
     ttl_seconds: float,
@@ -279,7 +295,7 @@ class Reservations:
         rid = validation.parse_reservation_id(reservation_id)
         if rid is None:
             return None
-        row = await self._pool.fetchrow(SELECT_RESERVATION.format(where="r.id = $1"), rid)
+        row = await self._pool.fetchrow(RESERVATION_BY_ID, rid)
         return _reservation_from_row(row) if row else None
 
     async def reserve(
@@ -297,7 +313,7 @@ class Reservations:
         is asked once a connection is had: False (the caller left meanwhile) cancels.
         """
 
-        async def hold(conn: asyncpg.Connection) -> ReserveOutcome:
+        async def hold(conn: Connection) -> ReserveOutcome:
             if not wanted():
                 raise asyncio.CancelledError  # nothing done: the caller is gone
             held = await hold_lines(conn, request_id, lines, ttl_seconds, idempotency_key)
@@ -329,7 +345,7 @@ class Reservations:
         """Void these request ids, and release those that hold stock: their clients will
         never learn of them. Returns how many holds were released."""
 
-        async def give_back(conn: asyncpg.Connection) -> int:
+        async def give_back(conn: Connection) -> int:
             await conn.execute(VOID_UNLESS_HELD, request_ids)
             released = [r["id"] for r in await conn.fetch(RELEASE_PENDING, request_ids)]
             if released:
@@ -339,10 +355,11 @@ class Reservations:
         return await in_transaction(self._pool, give_back)
 
     async def _replay(
-        self, conn: asyncpg.Connection, key: str | None, lines: Sequence[LineRequest]
+        self, conn: Connection, key: str | None, lines: Sequence[LineRequest]
     ) -> Reservation | IdempotencyKeyReused:
         assert key is not None, "only a keyed insert can conflict"
-        row = await conn.fetchrow(SELECT_RESERVATION.format(where="r.idempotency_key = $1"), key)
+        row = await conn.fetchrow(RESERVATION_BY_KEY, key)
+        assert row is not None, "the key conflicted, so its reservation exists"
         existing = _reservation_from_row(row)
         return existing if _same_lines(existing, lines) else IdempotencyKeyReused(key)
 
@@ -359,7 +376,7 @@ class Reservations:
         if rid is None:
             return ReservationNotFound(reservation_id)
 
-        async def resolve(conn: asyncpg.Connection) -> None:
+        async def resolve(conn: Connection) -> None:
             status = await conn.fetchval(RESOLVE, rid, target.value)
             if status is not None:
                 await settle(conn, [rid], ReservationStatus(status))
@@ -385,7 +402,7 @@ class Reservations:
         asyncpg's LockNotAvailableError if it stays locked.
         """
 
-        async def expire(conn: asyncpg.Connection) -> tuple[int, list[int]]:
+        async def expire(conn: Connection) -> tuple[int, list[int]]:
             await conn.execute(SWEEP_LOCK_WAIT)
             due = [r["id"] for r in await conn.fetch(DUE, limit, list(skip_products), wait_for)]
             if not due:

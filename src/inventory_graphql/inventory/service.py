@@ -1,12 +1,16 @@
-"""The service as the layers above see it: one object built per app lifespan."""
+"""The service as the layers above see it: every use case, one object per app lifespan.
+
+The API, the hub and the health and metrics endpoints use only this class; its parts
+(catalog, reservations, coalescer, sweeper) are private to the inventory package.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 import asyncpg
 
@@ -17,68 +21,110 @@ from inventory_graphql.inventory.coalescer import ReservationCoalescer
 from inventory_graphql.inventory.contention import Contention
 from inventory_graphql.inventory.errors import Busy
 from inventory_graphql.inventory.give_back import GiveBack
-from inventory_graphql.inventory.models import LineRequest, ReserveOutcome
+from inventory_graphql.inventory.models import (
+    LineRequest,
+    Product,
+    ProductOutcome,
+    Reservation,
+    ReserveOutcome,
+    ResolveOutcome,
+)
+from inventory_graphql.inventory.per_request import PerRequest
 from inventory_graphql.inventory.reservations import Reservations
+from inventory_graphql.inventory.sweeper import Sweeper
+
+SCHEMA_VERSION = "SELECT max(version) FROM schema_migration"
 
 
-@dataclass
+class Reserver(Protocol):
+    """Holds valid, unkeyed requests: the coalescer, or one transaction per request."""
+
+    @property
+    def queued(self) -> int: ...
+
+    async def reserve(self, lines: Sequence[LineRequest], ttl_seconds: int) -> ReserveOutcome: ...
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What operators read at scrape time (`/metrics`)."""
+
+    batches: int  # coalesced transactions
+    queued: int  # reserves waiting for their answer
+    contended: int  # products served one at a time after lock timeouts
+    given_back: int  # holds released because their clients left or were told an error
+    expired: int  # holds this process's sweeper expired
+    pool_size: int
+    pool_idle: int
+    pool_max: int
+
+
 class InventoryService:
-    pool: asyncpg.Pool
-    catalog: Catalog
-    reservations: Reservations
-    give_back: GiveBack
-    contention: Contention
-    request_timeout: float
-    max_queued: int
-    # None: every reserve is its own transaction. Its worker runs in the app's lifespan.
-    coalescer: ReservationCoalescer | None = None
-    _in_flight: int = field(default=0, init=False)  # per-request reserves waiting or running
-
-    @classmethod
-    def from_pool(
-        cls,
+    def __init__(
+        self,
         pool: asyncpg.Pool,
         settings: Settings,
         *,
-        coalesce: bool = False,
         on_batch: Callable[[int], None] | None = None,
-    ) -> InventoryService:
-        reservations = Reservations(pool, settings.hold_ttl_seconds)
-        give_back = GiveBack(reservations)
-        contention = Contention()
-        coalescer = (
-            ReservationCoalescer(
+    ) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._catalog = Catalog(pool)
+        self._reservations = Reservations(pool, settings.hold_ttl_seconds)
+        self._give_back = GiveBack(self._reservations)
+        self._contention = Contention()
+        self._sweeper = Sweeper(
+            self._reservations, settings.sweep_interval_seconds, settings.sweep_batch_size
+        )
+        # Keyed reserves always take the per-request path: a keyed reserve may wait on
+        # another transaction's uncommitted key, and inside a batch that already holds
+        # product locks, that could deadlock.
+        self._per_request = PerRequest(
+            self._reservations,
+            self._give_back,
+            self._contention,
+            max_queued=settings.max_queued_reservations,
+        )
+        self._coalescer: ReservationCoalescer | None = None
+        self._unkeyed: Reserver = self._per_request
+        if settings.coalesce_reservations:
+            self._coalescer = ReservationCoalescer(
                 pool,
-                reservations,
-                give_back,
-                contention,
+                self._reservations,
+                self._give_back,
+                self._contention,
                 max_batch=settings.max_batch,
                 max_queued=settings.max_queued_reservations,
                 max_lanes=max(1, settings.pool_size // 4),
                 on_batch=on_batch,
             )
-            if coalesce
-            else None
-        )
-        return cls(
-            pool=pool,
-            catalog=Catalog(pool),
-            reservations=reservations,
-            give_back=give_back,
-            contention=contention,
-            request_timeout=settings.request_timeout_seconds,
-            max_queued=settings.max_queued_reservations,
-            coalescer=coalescer,
-        )
+            self._unkeyed = self._coalescer
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[InventoryService]:
-        """The service's background work: giving back abandoned holds, coalescing."""
+    async def running(self, *, sweep: bool = True) -> AsyncIterator[InventoryService]:
+        """The background work: giving back abandoned holds, coalescing, and (unless told
+        otherwise, as tests that drive expiry themselves do) expiring due holds."""
         async with contextlib.AsyncExitStack() as running:
-            await running.enter_async_context(self.give_back.running())
-            if self.coalescer is not None:
-                await running.enter_async_context(self.coalescer.running())
+            await running.enter_async_context(self._give_back.running())
+            if self._coalescer is not None:
+                await running.enter_async_context(self._coalescer.running())
+            if sweep:
+                await running.enter_async_context(self._sweeper.running())
             yield self
+
+    # Queries
+
+    async def product(self, sku: str) -> Product | None:
+        return await self._catalog.product(sku)
+
+    async def products(self, skus: Sequence[str] | None = None, first: int = 100) -> list[Product]:
+        """These skus (or all products), in sku order, at most `first` of them."""
+        return await self._catalog.products(skus, first)
+
+    async def reservation(self, reservation_id: str) -> Reservation | None:
+        return await self._reservations.get(reservation_id)
+
+    # Holds
 
     async def reserve(
         self,
@@ -95,54 +141,59 @@ class InventoryService:
         """
         if invalid := validation.check_reserve(lines, ttl_seconds, idempotency_key):
             return invalid
-        ttl = self.reservations.default_ttl if ttl_seconds is None else ttl_seconds
-        deadline = asyncio.timeout(self.request_timeout)
+        ttl = self._settings.hold_ttl_seconds if ttl_seconds is None else ttl_seconds
+        deadline = asyncio.timeout(self._settings.request_timeout_seconds)
         try:
             async with deadline:
-                if idempotency_key is None and self.coalescer is not None:
-                    return await self.coalescer.reserve(lines, ttl)
-                # A keyed reserve may wait on another transaction's uncommitted key;
-                # inside a batch that already holds product locks, that could deadlock.
-                return await self._reserve_alone(lines, ttl, idempotency_key)
+                if idempotency_key is None:
+                    return await self._unkeyed.reserve(lines, ttl)
+                return await self._per_request.reserve(lines, ttl, idempotency_key)
         except TimeoutError:
             if deadline.expired():
                 raise Busy("no answer within the deadline; nothing is held") from None
             raise
 
-    async def _reserve_alone(
-        self, lines: Sequence[LineRequest], ttl: int, idempotency_key: str | None
-    ) -> ReserveOutcome:
-        if self._in_flight >= self.max_queued:
-            raise Busy("too many reservations are waiting; retry shortly")
-        skus = [line.sku for line in lines]
-        request_id = uuid.uuid4()
-        gone = False  # the caller left: a connection had after that is not used
-        self._in_flight += 1
-        try:
-            async with self.contention.one_at_a_time(skus):
-                # Shielded: a client leaving must not cancel a statement mid-flight (its
-                # outcome would be unknown); once it ends, a hold nobody awaits goes back.
-                work = asyncio.ensure_future(
-                    self.reservations.reserve(
-                        request_id, lines, ttl, idempotency_key, wanted=lambda: not gone
-                    )
-                )
-                try:
-                    outcome = await asyncio.shield(work)
-                except Busy as busy:
-                    self.contention.mark(busy.skus)
-                    raise
-                except asyncio.CancelledError:
-                    gone = True
-                    if idempotency_key is None:
-                        work.add_done_callback(lambda _: self._abandoned(work, request_id))
-                    raise
-            self.contention.clear(skus)
-            return outcome
-        finally:
-            self._in_flight -= 1
+    async def confirm(self, reservation_id: str) -> ResolveOutcome:
+        """Payment went through: the held units leave the stock."""
+        return await self._reservations.confirm(reservation_id)
 
-    def _abandoned(self, work: asyncio.Future[ReserveOutcome], request_id: uuid.UUID) -> None:
-        if not work.cancelled():
-            work.exception()  # retrieved: the caller is gone, the give-back settles it
-        self.give_back.add([request_id])
+    async def release(self, reservation_id: str) -> ResolveOutcome:
+        """Payment failed or the shopper left: the held units return."""
+        return await self._reservations.release(reservation_id)
+
+    async def expire_due(self) -> int:
+        """Expire every hold past its time now (the sweeper does this on its interval)."""
+        return await self._sweeper.sweep_once()
+
+    # Stock (admin)
+
+    async def create_product(self, sku: str, name: str, quantity: int) -> ProductOutcome:
+        if invalid := validation.check_new_product(sku, name, quantity):
+            return invalid
+        return await self._catalog.create_product(sku, name, quantity)
+
+    async def adjust_stock(self, sku: str, delta: int, reason: str) -> ProductOutcome:
+        """Restock (positive delta) or write off (negative); never below what is held."""
+        if invalid := validation.check_adjustment(sku, delta, reason):
+            return invalid
+        return await self._catalog.adjust_stock(sku, delta, reason)
+
+    # Operations
+
+    async def schema_version(self) -> int | None:
+        """The latest migration applied to the database (raises if it cannot be asked)."""
+        version: int | None = await self._pool.fetchval(SCHEMA_VERSION)
+        return version
+
+    def stats(self) -> Stats:
+        coalescer = self._coalescer
+        return Stats(
+            batches=coalescer.batches if coalescer else 0,
+            queued=self._per_request.queued + (coalescer.queued if coalescer else 0),
+            contended=self._contention.count,
+            given_back=self._give_back.released_total,
+            expired=self._sweeper.expired_total,
+            pool_size=self._pool.get_size(),
+            pool_idle=self._pool.get_idle_size(),
+            pool_max=self._pool.get_max_size(),
+        )

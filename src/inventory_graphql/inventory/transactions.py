@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import asyncpg
+
+from inventory_graphql.database import Connection
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -26,9 +28,7 @@ class Rollback(Exception, Generic[R]):
         self.result = result
 
 
-async def in_transaction(
-    pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]]
-) -> T:
+async def in_transaction(pool: asyncpg.Pool, work: Callable[[Connection], Awaitable[T]]) -> T:
     """Run `work` in a transaction; retry on deadlock or serialization failure.
 
     `work` may raise `Rollback(result)` to undo everything and return `result`.
@@ -36,22 +36,20 @@ async def in_transaction(
     return await _retried(pool, work, transaction=True)
 
 
-async def in_one_statement(
-    pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]]
-) -> T:
+async def in_one_statement(pool: asyncpg.Pool, work: Callable[[Connection], Awaitable[T]]) -> T:
     """Run `work`, which runs one statement: PostgreSQL makes it a transaction of its own
     (one round trip, where BEGIN, the statement and COMMIT take three). Retried as above."""
     return await _retried(pool, work, transaction=False)
 
 
 async def _retried(
-    pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]], transaction: bool
+    pool: asyncpg.Pool, work: Callable[[Connection], Awaitable[T]], transaction: bool
 ) -> T:
     for attempt in range(ATTEMPTS):
         try:
             return await _once(pool, work, transaction)
         except Rollback as rollback:
-            return rollback.result
+            return cast(T, rollback.result)
         except RETRIABLE:
             if attempt == ATTEMPTS - 1:
                 raise
@@ -60,7 +58,7 @@ async def _retried(
 
 
 async def _once(
-    pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]], transaction: bool
+    pool: asyncpg.Pool, work: Callable[[Connection], Awaitable[T]], transaction: bool
 ) -> T:
     async with pool.acquire() as conn:
         if not transaction:

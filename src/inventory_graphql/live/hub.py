@@ -12,20 +12,18 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 
 from broadcaster import Broadcast
 
 from inventory_graphql.background import background
-from inventory_graphql.inventory.catalog import Catalog
-from inventory_graphql.inventory.models import StockLevel
+from inventory_graphql.inventory.models import Product, StockLevel
+from inventory_graphql.live.channel import CHANNEL
 from inventory_graphql.live.listener import RESYNC
 from inventory_graphql.live.mailbox import Mailbox
 
 log = logging.getLogger(__name__)
-
-CHANNEL = "inventory_availability"  # the channel migration 002's trigger notifies
 
 
 def parse_payload(payload: str) -> list[StockLevel]:
@@ -36,10 +34,15 @@ def parse_payload(payload: str) -> list[StockLevel]:
     ]
 
 
+ReadProducts = Callable[[Sequence[str], int], Awaitable[list[Product]]]  # (skus, first)
+
+RESYNC_ATTEMPTS = 30
+
+
 class AvailabilityHub:
-    def __init__(self, broadcast: Broadcast, catalog: Catalog) -> None:
+    def __init__(self, broadcast: Broadcast, read_products: ReadProducts) -> None:
         self._broadcast = broadcast
-        self._catalog = catalog
+        self._read_products = read_products
         self._watchers: dict[str, set[Mailbox]] = defaultdict(set)
         self._mailboxes: set[Mailbox] = set()
         self.resyncs = 0
@@ -85,7 +88,7 @@ class AvailabilityHub:
         skus = list(self._watchers)
         for start in range(0, len(skus), 1000):
             chunk = skus[start : start + 1000]
-            products = await self._catalog.products(chunk, len(chunk))
+            products = await self._read_products(chunk, len(chunk))
             self.publish(p.stock_level for p in products)
 
     async def run(self) -> None:
@@ -101,13 +104,21 @@ class AvailabilityHub:
                     log.exception("ignoring malformed availability payload %r", event.message[:200])
 
     async def _resync_until_done(self) -> None:
-        for attempt in range(30):
+        for attempt in range(RESYNC_ATTEMPTS):
             try:
                 await self.resync()
                 return
             except Exception:  # the database may still be coming back
                 log.warning("resync failed (attempt %d); retrying", attempt + 1, exc_info=True)
                 await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+        # Subscribers keep their last numbers until the next change of each sku reaches
+        # them (or they reconnect): say so where operators look.
+        log.error(
+            "resync gave up after %d attempts: %d watched skus may show stale availability "
+            "until they next change",
+            RESYNC_ATTEMPTS,
+            self.watched_skus,
+        )
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[AvailabilityHub]:

@@ -62,12 +62,12 @@ class ReconnectingPostgresBackend(BroadcastBackend):
 
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
-        if self.connected:
+        if self._conn is not None and not self._conn.is_closed():
             await self._conn.add_listener(channel, self._on_notify)
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
-        if self.connected:
+        if self._conn is not None and not self._conn.is_closed():
             await self._conn.remove_listener(channel, self._on_notify)
 
     async def publish(self, channel: str, message: Any) -> None:
@@ -78,8 +78,9 @@ class ReconnectingPostgresBackend(BroadcastBackend):
     async def next_published(self) -> Event:
         return await self._events.get()
 
-    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        self._events.put_nowait(Event(channel, payload))
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        # asyncpg hands a NOTIFY's payload over as text.
+        self._events.put_nowait(Event(channel, str(payload)))
 
     async def _open(self) -> None:
         conn = await asyncpg.connect(

@@ -1,0 +1,27 @@
+"""What the app's lifespan hands to every request and WebSocket (`request.state`)."""
+
+from __future__ import annotations
+
+from typing import TypedDict, cast
+
+from starlette.requests import HTTPConnection
+
+from inventory_graphql.api.delivery import Renderings
+from inventory_graphql.inventory.service import InventoryService
+from inventory_graphql.live.hub import AvailabilityHub
+from inventory_graphql.live.listener import ReconnectingPostgresBackend
+from inventory_graphql.metrics import Metrics
+
+
+class AppState(TypedDict):
+    service: InventoryService
+    hub: AvailabilityHub
+    listener: ReconnectingPostgresBackend
+    metrics: Metrics
+    # Shared by this process's subscriptions; None when direct delivery is off.
+    renderings: Renderings | None
+
+
+def app_state(connection: HTTPConnection) -> AppState:
+    # Starlette's State reads keys like a dict; the lifespan yielded an AppState.
+    return cast(AppState, connection.state)
