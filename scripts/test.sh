@@ -13,4 +13,5 @@ if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nu
 fi
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
+.venv/bin/mypy  # strict, on src (pyproject.toml [tool.mypy])
 .venv/bin/pytest "$@"
