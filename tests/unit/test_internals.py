@@ -1,0 +1,77 @@
+"""The fence around framework internals (api/internals.py) notices an upgrade."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+from graphql import Executor as CoreExecutor
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+    Operation,
+)
+from strawberry.types import Info
+
+from inventory_graphql.api import internals
+from inventory_graphql.api.schema import schema
+
+SRC = Path(internals.__file__).resolve().parents[1]
+FENCE_ADVICE = (
+    "Strawberry or graphql-core is not the version api/internals.py was written for. Read "
+    "every item in its header, run the suite with INVENTORY_DIRECT_DELIVERY=on and =off, "
+    "then update FENCED_VERSIONS."
+)
+
+
+def test_the_installed_framework_is_the_one_the_fence_was_written_for():
+    assert internals.installed_versions() == internals.FENCED_VERSIONS, FENCE_ADVICE
+
+
+def test_every_fenced_name_still_exists():
+    assert "_raw_info" in Info.__dataclass_fields__ or hasattr(Info, "_raw_info"), FENCE_ADVICE
+    assert issubclass(StrawberryGraphQLCoreExecutionContext, CoreExecutor), FENCE_ADVICE
+    for method in ("build", "build_per_event_executor", "execute_operation", "is_awaitable"):
+        assert callable(getattr(CoreExecutor, method, None)), (method, FENCE_ADVICE)
+    for method in ("run_operation", "handle_message", "handle_invalid_message"):
+        assert callable(getattr(BaseGraphQLTransportWSHandler, method, None)), FENCE_ADVICE
+    for slot in ("id", "query", "variables", "operation_name", "completed"):
+        assert slot in Operation.__slots__, (slot, FENCE_ADVICE)
+    assert internals.core_schema(schema) is not None, FENCE_ADVICE
+
+
+def test_the_per_event_memo_the_repair_resets_is_still_there():
+    # graphql-core 3.3 shares this memo between a subscription's per-event executors; if a
+    # release renames or drops it, the repair does nothing and the leak may be back.
+    assert "_relevant_sub_fields" in inspect.getsource(CoreExecutor), FENCE_ADVICE
+
+
+# Private names of other libraries, each fenced in the one module that needs it.
+ELSEWHERE = {
+    ("embedded_db.py", "_lock"),  # the embedded wheel's lock, fenced in embedded_db.py
+    ("testing/graphql_ws.py", "_response"),  # aiohttp has no public abort (test client)
+}
+
+
+def test_no_module_outside_the_fence_uses_a_private_framework_name():
+    private_uses = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.name == "internals.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                and node.attr != "_replace"  # namedtuple's public API
+                and (str(path.relative_to(SRC)), node.attr) not in ELSEWHERE
+            ):
+                private_uses.append(f"{path.relative_to(SRC)}:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.ImportFrom) and any(
+                part.startswith("_") and not part.startswith("__")
+                for part in (node.module or "").split(".")
+            ):
+                private_uses.append(f"{path.relative_to(SRC)}:{node.lineno} {node.module}")
+    assert private_uses == [], "private names belong in api/internals.py"
