@@ -1,8 +1,8 @@
-"""Client processes that bench.flash_sale starts, so their CPU is not the benchmark's.
+"""The program of the benchmarks' client processes (bench.harness.clients starts them).
 
-    python -m bench.flash_sale_clients listen DATABASE_URL
-    python -m bench.flash_sale_clients subscribe SERVER_URL SKU SUBSCRIBERS
-    python -m bench.flash_sale_clients fanout SERVER_URL SKU SUBSCRIBERS CHANGES
+    python -m bench.harness.client_process listen DATABASE_URL
+    python -m bench.harness.client_process subscribe SERVER_URL SKU SUBSCRIBERS
+    python -m bench.harness.client_process fanout SERVER_URL SKU SUBSCRIBERS CHANGES
 
 Each prints `ready` once set up and `result` as its last line, once it has written its
 result (JSON) to the file named by BENCH_RESULT_FILE:
@@ -14,6 +14,9 @@ result (JSON) to the file named by BENCH_RESULT_FILE:
 - fanout: SUBSCRIBERS WebSockets subscribed to SKU; for each of CHANGES changes prints
   `got VERSION` once every subscriber has it; result: arrival times (time.time(), so the
   changer in another process can subtract its commit times) per version.
+
+It imports no other harness module: only the service's own package (garbage collection
+tuning, the graphql-transport-ws client in inventory_graphql.testing).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -59,7 +64,7 @@ async def stdin_closed() -> None:
     await asyncio.to_thread(sys.stdin.read)
 
 
-async def listen(database_url: str) -> dict:
+async def listen(database_url: str) -> dict[str, int]:
     conn = await asyncpg.connect(database_url)
     heard = 0
 
@@ -93,7 +98,7 @@ async def open_subscriptions(
     return pairs
 
 
-async def subscribe(server_url: str, sku: str, count: int) -> dict:
+async def subscribe(server_url: str, sku: str, count: int) -> dict[str, int]:
     read = 0
 
     async def reader(sub: Subscription) -> None:
@@ -113,7 +118,9 @@ async def subscribe(server_url: str, sku: str, count: int) -> dict:
     return {"subscribers": count, "updates_read": read, "readers_failed": len(failed)}
 
 
-async def fanout(server_url: str, sku: str, count: int, changes: int) -> dict:
+async def fanout(
+    server_url: str, sku: str, count: int, changes: int
+) -> dict[str, dict[int, list[float]]]:
     arrivals: dict[int, list[float]] = defaultdict(list)
 
     async def reader(sub: Subscription) -> None:
@@ -133,6 +140,7 @@ async def fanout(server_url: str, sku: str, count: int, changes: int) -> dict:
 
 def main() -> None:
     mode, *args = sys.argv[1:]
+    run: Coroutine[Any, Any, object]
     if mode == "listen":
         run = listen(args[0])
     elif mode == "subscribe":

@@ -1,6 +1,8 @@
--- wrk script for bench.flash_sale: every request reserves one unit of one product.
+-- wrk script for the benchmarks (bench.harness.drivers.wrk): every request reserves one
+-- unit of one product.
 --
---   wrk ... -s bench/flash_sale.lua http://127.0.0.1:PORT/graphql -- SKU_PREFIX PRODUCTS
+--   wrk ... -s bench/harness/drivers/reserve.lua \
+--       http://127.0.0.1:PORT/graphql -- SKU_PREFIX PRODUCTS
 --
 -- Skus are SKU_PREFIX-0 .. SKU_PREFIX-(PRODUCTS-1); each request picks one at random.
 -- Always one document with variables, never inlined literals (the server caches parsed

@@ -1,0 +1,58 @@
+"""What a run measures: the plan, the loads, the series names, the server's settings."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from secrets import token_hex
+
+LOADS = {"hot": 1, "spread": 10_000}  # products under load
+LOAD_TITLES = {"hot": "one hot product", "spread": "10,000 products"}
+STOCK = 100_000_000  # units per seeded product: no point ever sells out
+MODES = {"coalesced": "on", "per-request": "off"}  # INVENTORY_COALESCE_RESERVATIONS
+
+PGBENCH = "pgbench"
+PGBENCH_NOTIFY_OFF = "pgbench, NOTIFY off"
+ASYNCPG = "raw asyncpg"
+SERVICE = {mode: f"service ({mode})" for mode in MODES}
+SERVICE_LIVE_ON = "service (coalesced), live updates on"
+SERVICE_LIVE_OFF = "service (coalesced), live updates off"
+SERIES_TAGS = {  # sku prefixes: which point a product belongs to, for whoever looks later
+    SERVICE["coalesced"]: "service-coalesced",
+    SERVICE["per-request"]: "service-per-request",
+    SERVICE_LIVE_ON: "service-live-on",
+    SERVICE_LIVE_OFF: "service-live-off",
+}
+
+# The design's statement, by id as pgbench and a raw loop would run it.
+STATEMENT = (
+    "UPDATE product SET reserved = reserved + 1, updated_at = now() "
+    "WHERE id = {id} AND (quantity - reserved) >= 1 RETURNING id"
+)
+
+# One worker process per core, as the service would be deployed on this 2-core machine
+# (the server, not PostgreSQL or the load generator, is what runs out of CPU).
+SERVE_ARGS = ("--workers", str(os.cpu_count() or 1))
+
+
+def server_env(coalesce: str) -> dict[str, str]:
+    # A configured admin token keeps `serve` from generating and printing one; the bench
+    # needs no admin operation (it changes stock through SQL with ledger rows).
+    return {"INVENTORY_COALESCE_RESERVATIONS": coalesce, "INVENTORY_ADMIN_TOKEN": token_hex(16)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Durations and sizes; what a script does not measure stays at its empty default."""
+
+    seconds: int = 0
+    warmup_seconds: int = 0
+    ceiling_clients: tuple[int, ...] = ()
+    service_clients: tuple[int, ...] = ()
+    live_off_clients: int = 0
+    live_pairs: int = 0  # on/off pairs measuring what live updates cost
+    subscribers: int = 0
+    fanout_subscribers: tuple[int, ...] = ()
+    fanout_changes: int = 0
+    subscribers_per_process: int = 1250
+    quiet_wait: float = 0  # seconds the whole run may spend in cpu.wait_until_quiet
