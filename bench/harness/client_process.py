@@ -37,9 +37,9 @@ import asyncpg
 import uvloop
 
 from inventory_graphql import garbage_collection
+from inventory_graphql.live.channel import CHANNEL
 from inventory_graphql.testing.graphql_ws import AVAILABILITY, GraphQLWebSocket, Subscription
 
-CHANNEL = "inventory_availability"
 CONNECTING_AT_ONCE = 100  # more handshakes at once only overflow the accept backlog
 
 

@@ -17,8 +17,11 @@ import asyncpg
 from bench.harness.plan import STOCK
 from bench.harness.results import Check
 from inventory_graphql.embedded_db import embedded_postgres
+from inventory_graphql.live.channel import TRIGGER
 
-NOTIFY_TRIGGER = "product_notify_availability"
+# The trigger's name is a constant of ours (live/channel.py), not input.
+DISABLE_NOTIFY = f"ALTER TABLE product DISABLE TRIGGER {TRIGGER}"
+ENABLE_NOTIFY = f"ALTER TABLE product ENABLE TRIGGER {TRIGGER}"
 
 SEED = """
 WITH p AS (
@@ -91,11 +94,11 @@ async def applied_migrations(conn: asyncpg.Connection) -> list[str]:
 @contextlib.asynccontextmanager
 async def notify_trigger_off(conn: asyncpg.Connection) -> AsyncIterator[None]:
     """Live updates off: the statement-level NOTIFY trigger disabled inside the block."""
-    await conn.execute(f"ALTER TABLE product DISABLE TRIGGER {NOTIFY_TRIGGER}")
+    await conn.execute(DISABLE_NOTIFY)
     try:
         yield
     finally:
-        await conn.execute(f"ALTER TABLE product ENABLE TRIGGER {NOTIFY_TRIGGER}")
+        await conn.execute(ENABLE_NOTIFY)
 
 
 async def run_check(url: str) -> Check:
