@@ -1,9 +1,10 @@
-// The admin panel: create a product and restock it. An optional admin token is sent as
-// `Authorization: Bearer …` with these two mutations only (a later release requires it);
-// shopper requests never carry it.
+// The admin panel: create a product, restock or write off. The admin token (the one `serve`
+// prints, or INVENTORY_ADMIN_TOKEN) is sent as `Authorization: Bearer …` with these two
+// mutations only, and the server refuses them without it; shopper requests never carry it.
 
-import { byTestId, describeError, formatNumber } from "./dom.js";
+import { byTestId, describeError } from "./dom.js";
 import { request } from "./graphql.js";
+import { formatNumber, parseInteger } from "./numbers.js";
 import { ADJUST_STOCK, CREATE_PRODUCT } from "./operations.js";
 
 export class AdminPanel {
@@ -31,14 +32,15 @@ export class AdminPanel {
       this.#send(event.submitter, CREATE_PRODUCT, "createProduct", {
         sku: this.#el["create-sku"].value.trim(),
         name: this.#el["create-name"].value.trim(),
-        quantity: int(this.#el["create-quantity"].value),
+        // Not a number: 0, so that the server explains the problem.
+        quantity: parseInteger(this.#el["create-quantity"].value, 0),
       });
     });
     this.#el["restock-form"].addEventListener("submit", (event) => {
       event.preventDefault();
       this.#send(event.submitter, ADJUST_STOCK, "adjustStock", {
         sku: this.#el["restock-sku"].value.trim(),
-        delta: int(this.#el["restock-delta"].value),
+        delta: parseInteger(this.#el["restock-delta"].value, 0),
         reason: this.#el["restock-reason"].value.trim() || "restock",
       });
     });
@@ -82,10 +84,4 @@ export class AdminPanel {
     this.#el["admin-message"].textContent = text;
     this.#el["admin-message"].dataset.outcome = outcome;
   }
-}
-
-/** An integer from a form field; NaN becomes 0 so that the server explains the problem. */
-function int(value) {
-  const n = Number.parseInt(value, 10);
-  return Number.isNaN(n) ? 0 : n;
 }

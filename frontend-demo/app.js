@@ -11,6 +11,7 @@ import { byTestId, describeError } from "./dom.js";
 import { FlashSale } from "./flash-sale.js";
 import { LiveSocket, request, setStorefrontToken } from "./graphql.js";
 import { AvailabilityFeed } from "./live.js";
+import { parseInteger } from "./numbers.js";
 import { PRODUCTS } from "./operations.js";
 import { ProductView } from "./product-view.js";
 
@@ -23,9 +24,14 @@ if (params.has("token")) {
   history.replaceState(null, "", `${location.pathname}?${params}${location.hash}`);
 }
 setStorefrontToken(sessionStorage.getItem("storefrontToken"));
-const skuFilter = params.get("sku")?.split(",").map((s) => s.trim()).filter(Boolean) || null;
-const first = intParam("first", 1, 1000, 100);
-const ttlSeconds = intParam("ttl", 1, 3600, 120);
+const skuFilter =
+  params
+    .get("sku")
+    ?.split(",")
+    .map((s) => s.trim())
+    .filter(Boolean) || null;
+const first = parseInteger(params.get("first"), 100, { min: 1, max: 1000 });
+const ttlSeconds = parseInteger(params.get("ttl"), 120, { min: 1, max: 3600 });
 
 const STATUS_TEXT = { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…" };
 
@@ -134,9 +140,4 @@ function updateSkuList() {
   const list = document.getElementById("sku-list");
   if (list.options.length === catalog.skus.length) return;
   list.replaceChildren(...catalog.skus.map((sku) => new Option(catalog.get(sku).name, sku)));
-}
-
-function intParam(name, low, high, fallback) {
-  const n = Number.parseInt(params.get(name), 10);
-  return Number.isNaN(n) ? fallback : Math.min(high, Math.max(low, n));
 }

@@ -3,17 +3,23 @@
 // what is on screen: messages from a snapshot, a re-fetch and a live update can arrive in
 // any order, and the count must never step back.
 
-import { flash, formatNumber, h } from "./dom.js";
+import { flash, h } from "./dom.js";
+import { formatNumber } from "./numbers.js";
 
 export const LOW_STOCK = 5;
 
-/** "sold-out" | "low" | "in-stock", for a card's data-state and its badge. */
+/** "sold-out" | "low" | "in-stock": the data-state of a card and of the product view. */
 export function stockState(available) {
   if (available <= 0) return "sold-out";
   return available <= LOW_STOCK ? "low" : "in-stock";
 }
 
 const BADGES = { "sold-out": "Sold out", low: "Almost gone", "in-stock": "" };
+
+/** The stock badge's text for a state of stockState(); "" (no badge) when in stock. */
+export function stockBadge(state) {
+  return BADGES[state];
+}
 
 /** Events: "change" (detail: {product, previous}) whenever a product's numbers move. */
 export class Catalog extends EventTarget {
@@ -117,10 +123,10 @@ export class Catalog extends EventTarget {
     el.dataset.state = state;
     el.dataset.available = product.available;
     available.textContent = formatNumber(product.available);
-    detail.textContent =
-      `${formatNumber(product.quantity)} on hand · ${formatNumber(product.reserved)} held`;
-    badge.textContent = BADGES[state];
-    badge.hidden = !BADGES[state];
+    const { quantity, reserved } = product;
+    detail.textContent = `${formatNumber(quantity)} on hand · ${formatNumber(reserved)} held`;
+    badge.textContent = stockBadge(state);
+    badge.hidden = !badge.textContent;
   }
 
   #updateCount() {

@@ -17,7 +17,7 @@ const STATUS_TEXT = {
 export class Checkout {
   #list;
   #empty;
-  #holds = []; // {id, status, deadline, duration, el, countdown, bar, status, actions}
+  #holds = []; // {id, status, deadline, duration, el, countdown, bar, message, actions}
   #ticker = 0;
 
   constructor(root, catalog) {

@@ -26,8 +26,6 @@ export function flash(el, className) {
   el.classList.add(className);
 }
 
-export const formatNumber = new Intl.NumberFormat().format;
-
 /** A readable line for a failed request (typed outcomes carry their own `message`). */
 export function describeError(error) {
   // fetch() rejects with a TypeError only when there is no response at all.

@@ -2,11 +2,14 @@
 // own POST (as it would be from N phones); the browser sends them in parallel, the server
 // grants exactly what is there, and the live count falls to 0 and no further.
 
-import { byTestId, describeError, formatNumber } from "./dom.js";
+import { byTestId, describeError } from "./dom.js";
 import { request } from "./graphql.js";
+import { formatNumber, parseInteger } from "./numbers.js";
 import { RESERVE } from "./operations.js";
 
-const MAX_ATTEMPTS = 5000;
+// The form's bounds (index.html), applied again: a typed value can be outside them.
+const ATTEMPTS = { min: 1, max: 5000 };
+const TTL_SECONDS = { min: 1, max: 3600 };
 
 export class FlashSale {
   #el = {};
@@ -50,8 +53,8 @@ export class FlashSale {
 
   async run() {
     const sku = this.#el["flash-sku"].value.trim();
-    const attempts = clamp(this.#el["flash-attempts"].value, 1, MAX_ATTEMPTS);
-    const ttl = clamp(this.#el["flash-ttl"].value, 1, 3600);
+    const attempts = parseInteger(this.#el["flash-attempts"].value, 1, ATTEMPTS);
+    const ttl = parseInteger(this.#el["flash-ttl"].value, 1, TTL_SECONDS);
     const tally = { succeeded: 0, failed: 0, errors: 0 };
     let firstError = null;
     this.#lowest = this.catalog.get(sku)?.available ?? null;
@@ -104,9 +107,4 @@ export class FlashSale {
     this.#el["flash-start"].disabled = state === "running";
     this.#el["flash-status"].textContent = text;
   }
-}
-
-function clamp(value, low, high) {
-  const n = Number.parseInt(value, 10);
-  return Math.min(high, Math.max(low, Number.isNaN(n) ? low : n));
 }

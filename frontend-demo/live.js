@@ -1,6 +1,6 @@
 // Live availability for every product on the page, over one LiveSocket. The server takes
-// at most 100 skus per subscription and 16 subscriptions per connection, so skus are
-// followed in chunks of up to 100.
+// at most 100 skus per subscription and 16 subscriptions per connection (its default for
+// INVENTORY_MAX_SUBSCRIPTIONS_PER_CONNECTION), so skus are followed in chunks of up to 100.
 
 import { AVAILABILITY } from "./operations.js";
 

@@ -1,8 +1,9 @@
 // The product view: the selected product's live numbers, a quantity picker and "Reserve".
 
-import { stockState } from "./catalog.js";
-import { byTestId, describeError, flash, formatNumber } from "./dom.js";
+import { stockBadge, stockState } from "./catalog.js";
+import { byTestId, describeError, flash } from "./dom.js";
 import { request } from "./graphql.js";
+import { formatNumber, parseInteger } from "./numbers.js";
 import { RESERVE } from "./operations.js";
 
 export class ProductView {
@@ -75,19 +76,22 @@ export class ProductView {
     this.#el["product-view-detail"].textContent =
       `${formatNumber(quantity)} on hand · ${formatNumber(reserved)} held by shoppers`;
     const badge = this.#el["product-view-badge"];
-    badge.textContent = state === "sold-out" ? "Sold out" : state === "low" ? "Almost gone" : "";
-    badge.hidden = state === "in-stock";
+    badge.textContent = stockBadge(state);
+    badge.hidden = !badge.textContent;
   }
 
   #step(delta) {
     const input = this.#el.quantity;
-    input.value = Math.max(1, (Number.parseInt(input.value, 10) || 1) + delta);
+    // Empty, 0 or not a number: step from 1.
+    input.value = Math.max(1, (parseInteger(input.value, 0) || 1) + delta);
   }
 
   async #reserve() {
     const sku = this.#sku;
-    const quantity = Number.parseInt(this.#el.quantity.value, 10);
-    const ttl = Number.parseInt(this.#el.ttl.value, 10);
+    // Not a number: quantity 0, which the server refuses with a readable InvalidInput;
+    // no ttl, which means the server's default hold.
+    const quantity = parseInteger(this.#el.quantity.value, 0);
+    const ttl = parseInteger(this.#el.ttl.value, null);
     // The button stays usable when the count shows 0: the count can be a few
     // milliseconds stale, and the server, not the page, decides who gets stock.
     const button = this.#el.reserve;
@@ -95,8 +99,8 @@ export class ProductView {
     this.#say("Reserving…", "pending");
     try {
       const { reserve: result } = await request(RESERVE, {
-        lines: [{ sku, quantity: Number.isNaN(quantity) ? 0 : quantity }],
-        ttl: Number.isNaN(ttl) ? null : ttl,
+        lines: [{ sku, quantity }],
+        ttl,
       });
       if (result.__typename === "Reservation") this.checkout.add(result);
       // The shopper may have moved to another product meanwhile; the hold is listed anyway.
