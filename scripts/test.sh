@@ -13,15 +13,15 @@ if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nu
 fi
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
-# The storefront demo's JS/CSS lint and format gate: Biome, pinned in frontend-demo/package.json.
+# The storefront demo's JS/CSS lint and format gate: Biome, pinned in scripts/demo-lint/package.json.
 if command -v npm >/dev/null; then
-    npm ci --prefix frontend-demo --prefer-offline --no-audit --no-fund --loglevel=error >/dev/null
-    npm run --prefix frontend-demo --silent check
+    npm ci --prefix scripts/demo-lint --prefer-offline --no-audit --no-fund --loglevel=error >/dev/null
+    npm run --prefix scripts/demo-lint --silent check
 elif [ "${INVENTORY_REQUIRE_BROWSER:-}" = 1 ]; then
     echo "npm not found, and INVENTORY_REQUIRE_BROWSER=1: the JS lint/format gate must run" >&2
     exit 1
 else
-    echo "npm not found: skipped the JS lint/format gate (frontend-demo/package.json)" >&2
+    echo "npm not found: skipped the JS lint/format gate (scripts/demo-lint/package.json)" >&2
 fi
 .venv/bin/mypy  # strict, on src (pyproject.toml [tool.mypy])
 .venv/bin/pytest "$@"
