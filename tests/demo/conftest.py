@@ -3,6 +3,7 @@ fails the test on any uncaught JavaScript error."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -128,9 +129,13 @@ class PinnedServer(ServerProcess):
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         cmd = [sys.executable, "-m", "inventory_graphql", "serve", "--port", str(port)]
-        self.process = subprocess.Popen(
-            [*cmd, "--log-level", "warning"],
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL if log is None else log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
+        with contextlib.ExitStack() as stack:
+            # Appending: a restart on the same port adds to the same log. The child holds
+            # its own descriptor; ours is closed once it has started.
+            out = subprocess.DEVNULL if log is None else stack.enter_context(log.open("ab"))
+            self.process = subprocess.Popen(
+                [*cmd, "--log-level", "warning"],
+                env={**os.environ, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )

@@ -706,7 +706,7 @@ class InventoryMachine(RuleBasedStateMachine):
             if not hold.due:
                 self._make_due(hold)
         due = self.model.due()
-        sweeper = Sweeper(Reservations(self.pool, 600), interval=0, batch_size=batch_size)
+        sweeper = Sweeper(Reservations(self.harness.pool, 600), interval=0, batch_size=batch_size)
         assert self.run(sweeper.sweep_once()) == len(due)
         for hold in due:
             self.model.end(hold, EXPIRED)
@@ -721,7 +721,7 @@ class InventoryMachine(RuleBasedStateMachine):
                 self._make_due(hold)
         due = sorted(self.model.due(), key=lambda hold: hold.expires_at)
         limit = data.draw(st.integers(1, len(due) - 1), label="limit")
-        assert self.run(Reservations(self.pool, 600).expire_due(limit)) == (limit, [])
+        assert self.run(Reservations(self.harness.pool, 600).expire_due(limit)) == (limit, [])
         for hold in due[:limit]:
             self.model.end(hold, EXPIRED)
 
