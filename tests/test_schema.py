@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from inventory_graphql.api.schema import schema
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 
 def test_committed_schema_matches_the_code():

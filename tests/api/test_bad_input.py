@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.api.queries import CREATE_PRODUCT, RESERVE
-from tests.conftest import ledger, stock
+from tests.support.database import ledger, stock
 
 OK = "SKU-OK"  # replaced by the test's real sku
 

@@ -7,7 +7,7 @@ import random
 from collections import Counter
 
 from tests.api.queries import RESERVE
-from tests.conftest import check, stock
+from tests.support.database import check, stock
 
 
 async def test_2000_shoppers_100_units_exactly_100_win(gql, db, make_product):

@@ -7,7 +7,7 @@ import uuid
 from collections import Counter
 
 from tests.api.queries import CONFIRM, RESERVE
-from tests.conftest import check, ledger, stock
+from tests.support.database import check, ledger, stock
 
 
 async def test_50_concurrent_calls_with_one_key_create_one_hold(gql, db, make_product):

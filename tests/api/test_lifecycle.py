@@ -15,7 +15,7 @@ from tests.api.queries import (
     RESERVATION,
     RESERVE,
 )
-from tests.conftest import check, ledger, new_sku, stock
+from tests.support.database import check, ledger, new_sku, stock
 
 
 async def reserve(gql, sku: str, quantity: int, **extra) -> dict:

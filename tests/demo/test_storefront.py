@@ -17,8 +17,11 @@ from playwright.async_api import Page, expect
 from inventory_graphql.inventory.catalog import CREATE
 from inventory_graphql.testing.server import ServerProcess, free_port
 from tests.api.queries import ADJUST_STOCK, RESERVE
-from tests.conftest import ADMIN, ADMIN_TOKEN, ROOT, SERVER_ENV, new_sku, stock
-from tests.demo.conftest import PinnedServer, assert_not_reloaded, card, card_count
+from tests.support.database import new_sku, stock
+from tests.support.graphql_http import ADMIN, ADMIN_TOKEN, SERVER_ENV
+from tests.support.paths import ROOT
+from tests.support.pinned_server import PinnedServer
+from tests.support.storefront import assert_not_reloaded, card, card_count
 
 # The page must show a change this soon after it happens (the server's own fan-out is
 # milliseconds; the rest is headroom for a loaded test machine).
@@ -300,7 +303,7 @@ async def test_page_survives_a_server_restart(storefront, database_url, make_pro
         # page can only learn of it by re-fetching the catalog when it reconnects.
         assert await db.fetchrow(CREATE, later, "Made meanwhile", 3)
 
-        second = PinnedServer(env, port, log=tmp_path / "server.log")
+        second = PinnedServer(env, port, log=tmp_path / "server-restarted.log")
         await asyncio.to_thread(second.wait_ready)
         async with aiohttp.ClientSession(second.url) as http:
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from tests.conftest import create_database
+from tests.support.database import create_database
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ import asyncpg
 from inventory_graphql.testing.graphql_ws import GraphQLWebSocket, Subscription
 from inventory_graphql.testing.server import ServerProcess
 from tests.api.queries import RESERVE
-from tests.conftest import check, stock
 from tests.faults.test_told_vs_held import (
     client_session,
     create_product,
@@ -34,6 +33,7 @@ from tests.faults.test_told_vs_held import (
     unlock_rows,
     within,
 )
+from tests.support.database import check, stock
 from tests.support.oracle import Answer, Oracle
 
 DEADLINE = 5.0  # INVENTORY_REQUEST_TIMEOUT_SECONDS, the service's default

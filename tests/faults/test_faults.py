@@ -14,7 +14,8 @@ import pytest
 from inventory_graphql.testing.graphql_ws import AVAILABILITY, GraphQLWebSocket
 from inventory_graphql.testing.server import ServerProcess
 from tests.api.queries import RESERVE
-from tests.conftest import SERVER_ENV, check, stock
+from tests.support.database import check, stock
+from tests.support.graphql_http import SERVER_ENV
 
 
 async def reserve_once(session, url, sku, quantity=1, ttl=None):

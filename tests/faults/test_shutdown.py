@@ -10,7 +10,8 @@ import aiohttp
 from inventory_graphql.testing.graphql_ws import AVAILABILITY, GraphQLWebSocket
 from inventory_graphql.testing.server import ServerProcess
 from tests.api.queries import RESERVE
-from tests.conftest import SERVER_ENV, check, stock
+from tests.support.database import check, stock
+from tests.support.graphql_http import SERVER_ENV
 
 
 async def test_sigterm_under_load_is_graceful(database_url, db, make_product, tmp_path):

@@ -21,7 +21,8 @@ import psutil
 
 from inventory_graphql.testing.server import ServerProcess
 from tests.api.queries import CREATE_PRODUCT
-from tests.conftest import ADMIN, SERVER_ENV, check, new_sku, stock
+from tests.support.database import check, new_sku, stock
+from tests.support.graphql_http import ADMIN, SERVER_ENV
 from tests.support.oracle import Answer, Line, Oracle, Verdict, post
 
 PATHS = ("on", "off")  # INVENTORY_COALESCE_RESERVATIONS: coalesced, per-request

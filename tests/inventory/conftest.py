@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import create_database
+from tests.support.database import create_database
 
 
 @pytest.fixture(scope="session")

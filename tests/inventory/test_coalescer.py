@@ -19,7 +19,7 @@ from inventory_graphql.inventory.models import (
     Reservation,
 )
 from inventory_graphql.inventory.reservations import Reservations
-from tests.conftest import check, ledger, stock, told_equals_held
+from tests.support.database import check, ledger, stock, told_equals_held
 
 
 @pytest.fixture

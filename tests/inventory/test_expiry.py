@@ -14,7 +14,7 @@ from inventory_graphql.inventory.models import (
 )
 from inventory_graphql.inventory.reservations import Reservations
 from inventory_graphql.inventory.sweeper import Sweeper
-from tests.conftest import check, ledger, stock
+from tests.support.database import check, ledger, stock
 
 
 async def test_confirm_after_expiry_expires_the_hold_instead(service, db, make_product):

@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 
 from inventory_graphql.inventory.models import LineRequest
-from tests.conftest import check
+from tests.support.database import check
 
 
 async def test_reserved_can_never_exceed_quantity(db, make_product):

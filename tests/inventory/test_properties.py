@@ -66,7 +66,7 @@ from inventory_graphql.inventory.reservations import Reservations
 from inventory_graphql.inventory.service import InventoryService
 from inventory_graphql.inventory.sweeper import Sweeper
 from inventory_graphql.inventory.validation import MAX_STOCK
-from tests.conftest import create_database
+from tests.support.database import create_database
 
 T = TypeVar("T")
 NewHolds = str | MultipleResults[str]  # what a rule that may hold something returns

@@ -14,7 +14,8 @@ from inventory_graphql.inventory.catalog import ADJUST
 from inventory_graphql.testing.graphql_ws import AVAILABILITY, GraphQLWebSocket, SubscriptionError
 from inventory_graphql.testing.server import ServerProcess
 from tests.api.queries import ADJUST_STOCK, CONFIRM, RELEASE, RESERVE
-from tests.conftest import SERVER_ENV, check, new_sku
+from tests.support.database import check, new_sku
+from tests.support.graphql_http import SERVER_ENV
 
 
 @pytest.fixture

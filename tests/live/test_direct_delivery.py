@@ -10,8 +10,8 @@ import aiohttp
 from inventory_graphql.testing.graphql_ws import GraphQLWebSocket
 from inventory_graphql.testing.server import ServerProcess
 from tests.api.queries import RELEASE, RESERVE
-from tests.conftest import SERVER_ENV
 from tests.live.test_availability import SHAPED
+from tests.support.graphql_http import SERVER_ENV
 
 
 async def test_subscribers_are_told_the_same_with_direct_delivery_off(

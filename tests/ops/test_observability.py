@@ -9,7 +9,7 @@ import aiohttp
 
 from inventory_graphql.testing.server import ServerProcess
 from tests.api.queries import RESERVE
-from tests.conftest import SERVER_ENV
+from tests.support.graphql_http import SERVER_ENV
 
 
 async def test_metrics_count_operations_outcomes_batches_and_pool(server, make_product):

@@ -8,7 +8,8 @@ import pytest
 from inventory_graphql.testing.graphql_ws import AVAILABILITY, GraphQLWebSocket
 from inventory_graphql.testing.server import ServerProcess
 from tests.api.queries import ADJUST_STOCK, CREATE_PRODUCT, PRODUCT, RESERVE
-from tests.conftest import ADMIN, SERVER_ENV, ledger, new_sku, stock
+from tests.support.database import ledger, new_sku, stock
+from tests.support.graphql_http import ADMIN, SERVER_ENV
 
 
 async def post(session, url, query, headers=None, **variables):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 schema = schemathesis.graphql.from_file((ROOT / "schema.graphql").read_text())
 

@@ -17,7 +17,7 @@ import aiohttp
 
 from inventory_graphql.testing.graphql_ws import AVAILABILITY
 from tests.api.queries import RESERVE
-from tests.conftest import check, ledger, stock
+from tests.support.database import check, ledger, stock
 
 LEAKS = ("Traceback", "asyncpg", '.py"', "site-packages", "SELECT ", "psycopg")
 TARGET = "TARGET-SKU"  # replaced by the test's product
