@@ -58,6 +58,10 @@ def test_an_empty_array_is_no_levels() -> None:
         "null",
         '{"sku": "A"}',
         '"RESYNC"',
+        '[["A", "5", 0, 1, "2026-01-01T00:00:00+00:00"]]',  # a number as text
+        '[["A", 5, 0.5, 1, "2026-01-01T00:00:00+00:00"]]',
+        '[["A", 5, 0, true, "2026-01-01T00:00:00+00:00"]]',
+        '[[7, 5, 0, 1, "2026-01-01T00:00:00+00:00"]]',  # a sku that is not text
     ],
 )
 def test_a_malformed_payload_raises_what_the_hub_skips(payload: str) -> None:

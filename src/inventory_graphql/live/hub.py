@@ -27,11 +27,23 @@ log = logging.getLogger(__name__)
 
 
 def parse_payload(payload: str) -> list[StockLevel]:
-    """The trigger's payload: a JSON array of [sku, quantity, reserved, version, updated_at]."""
-    return [
-        StockLevel(sku, quantity, reserved, version, datetime.fromisoformat(updated_at))
-        for sku, quantity, reserved, version, updated_at in json.loads(payload)
-    ]
+    """The trigger's payload: a JSON array of [sku, quantity, reserved, version, updated_at].
+
+    Raises ValueError or TypeError for anything else (a hand-made NOTIFY), so that a
+    wrongly typed number never reaches a subscriber.
+    """
+    levels = []
+    for sku, quantity, reserved, version, updated_at in json.loads(payload):
+        numbers = (quantity, reserved, version)
+        if not isinstance(sku, str) or not all(
+            type(n) is int
+            for n in numbers  # bool is an int subclass: not a number here
+        ):
+            raise TypeError(f"not [sku, quantity, reserved, version, updated_at]: {sku!r}")
+        levels.append(
+            StockLevel(sku, quantity, reserved, version, datetime.fromisoformat(updated_at))
+        )
+    return levels
 
 
 ReadProducts = Callable[[Sequence[str], int], Awaitable[list[Product]]]  # (skus, first)
