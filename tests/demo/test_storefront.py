@@ -37,7 +37,9 @@ async def outcome(page: Page) -> str:
     message = page.get_by_test_id("reserve-message")
     finished = re.compile(r"^(?!pending$).+")
     await expect(message).to_have_attribute("data-outcome", finished)
-    return await message.get_attribute("data-outcome")
+    shown = await message.get_attribute("data-outcome")
+    assert shown is not None  # the expect above saw it set
+    return shown
 
 
 async def race_for_last_unit(storefront, server, make_product, ttl: int):
@@ -280,8 +282,9 @@ async def test_catalog_screenshot_on_desktop_and_phone(storefront, server, db, g
     await phone.screenshot(path=artifacts / "catalog-phone.png", full_page=True)
     # Readable on a phone: nothing wider than the screen, two cards side by side.
     assert await phone.evaluate("document.documentElement.scrollWidth") <= 390
-    boxes = [await card(phone, sku).bounding_box() for sku in sorted(skus)[:2]]
-    assert boxes[0]["y"] == boxes[1]["y"] and boxes[0]["x"] < boxes[1]["x"]
+    left, right = [await card(phone, sku).bounding_box() for sku in sorted(skus)[:2]]
+    assert left is not None and right is not None  # both cards are laid out
+    assert left["y"] == right["y"] and left["x"] < right["x"]
 
 
 async def test_page_survives_a_server_restart(storefront, database_url, make_product, db, tmp_path):

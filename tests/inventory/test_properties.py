@@ -564,6 +564,7 @@ class InventoryMachine(RuleBasedStateMachine):
         holds, and no hold is made that nobody was told of."""
         requests = [self.lines(cart) for cart in carts]
         pending = [hold for hold in self.model.pending() if not hold.due]
+        moving: Coroutine[Any, Any, object]  # a release's answer, or a restock's
         if move == "release" and pending:
             hold = data.draw(st.sampled_from(pending), label="released")
             moving = self.service.release(hold.id)

@@ -25,7 +25,9 @@ async def test_a_subscription_keeps_no_memory_per_delivered_update(service, make
     stream = await build_schema().subscribe(
         AVAILABILITY, variable_values={"skus": [sku]}, context_value=context
     )
-    version = (await anext(stream)).data["availability"]["version"]
+    first = await anext(stream)
+    assert first.data is not None
+    version = first.data["availability"]["version"]
 
     async def deliver(updates: int) -> None:
         nonlocal version
@@ -34,6 +36,7 @@ async def test_a_subscription_keeps_no_memory_per_delivered_update(service, make
             hub.publish([StockLevel(sku, 10, 1, version, datetime.now(UTC))])
             result = await anext(stream)
             assert result.errors is None
+            assert result.data is not None
             assert result.data["availability"]["version"] == version
 
     await deliver(100)  # caches and free lists settle

@@ -195,7 +195,7 @@ def strip_flags(args: str) -> list[str]:
 
 
 def test_dockerfile_starts_from_python_slim():
-    build_args = {}
+    build_args: dict[str, str] = {}
     for keyword, args in instructions():
         if keyword == "FROM":
             image = re.sub(r"\$\{?(\w+)\}?", lambda m: build_args.get(m.group(1), m.group(0)), args)

@@ -116,9 +116,9 @@ def attacks(sku: str) -> Iterator[Attack]:
         yield Attack("bad sku", reserve([{"sku": bad, "quantity": 1}]))
     # One bad line anywhere in a cart spoils the whole cart, and holds nothing.
     for position in range(3):
-        for quantity in (-1, 0, 1_000_001, 2**31, "x", None):
+        for wrong in (-1, 0, 1_000_001, 2**31, "x", None):
             lines = [{"sku": f"{sku}-{i}" if i else sku, "quantity": 1} for i in range(3)]
-            lines[position]["quantity"] = quantity
+            lines[position]["quantity"] = wrong
             yield Attack("bad line in a cart", reserve(lines))
     # Control characters, odd Unicode and injection attempts in every string argument.
     for code in [*range(0, 32), 0x7F, 0x85, 0xA0, 0x2028, 0x202E, 0xFEFF, 0x1F600, 0x10FFFF]:
@@ -271,7 +271,7 @@ async def test_a_thousand_hostile_requests_change_nothing(server, db, make_produ
 async def test_bad_websocket_messages_are_refused_cleanly(server, make_product):
     sku = await make_product(1)
     url = server.url.replace("http", "ws") + "/graphql"
-    bad_frames: list[object] = [
+    bad_frames: list[str | bytes] = [
         "not json",
         json.dumps([1, 2]),
         json.dumps({"type": "nope"}),

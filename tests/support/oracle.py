@@ -294,7 +294,7 @@ class Oracle:
                 )
             return rid
         refused = member is not None and answer.status == 200 and not answer.error
-        if refused and member["__typename"] not in REFUSALS:
+        if refused and member is not None and member["__typename"] not in REFUSALS:
             self.problems.append(f"reserve of [{_show(requested)}] answered {member!r:.200}")
         if key is not None and not refused:
             self.uncertain_keys[key] = requested
@@ -312,7 +312,11 @@ class Oracle:
             return
         member = answer.payload(action)
         kind = member["__typename"] if member is not None else None
-        if kind in ("Reservation", "ReservationNotPending") and member.get("status"):
+        if (
+            member is not None
+            and kind in ("Reservation", "ReservationNotPending")
+            and member.get("status")
+        ):
             status = str(member["status"])
             if status == "PENDING":
                 self.problems.append(f"{action} of {rid} answered it still PENDING")
@@ -454,18 +458,18 @@ class Oracle:
         verdict.orphans.sort(key=lambda orphan: orphan.created_at)
 
         for rid, told in self.told.items():
-            row = found.get(rid)
-            if row is None:
+            held = found.get(rid)
+            if held is None:
                 verdict.problems.append(
                     f"told held {rid} [{_show(told.lines)}]: not in the database"
                 )
                 continue
-            lines = tuple(sorted(zip(row["skus"] or [], row["quantities"] or [], strict=True)))
+            lines = tuple(sorted(zip(held["skus"] or [], held["quantities"] or [], strict=True)))
             if lines != told.lines:
                 verdict.problems.append(
                     f"told held {rid} [{_show(told.lines)}]: the database holds [{_show(lines)}]"
                 )
-            status = row["status"]
+            status = held["status"]
             if told.status is not None:
                 allowed = {told.status}
                 said = f"told {told.status}"

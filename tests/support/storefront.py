@@ -3,7 +3,7 @@ for what the tests read off it."""
 
 from __future__ import annotations
 
-from playwright.async_api import Browser, Locator, Page, expect
+from playwright.async_api import Browser, Locator, Page, ViewportSize, expect
 
 
 class Storefront:
@@ -18,7 +18,7 @@ class Storefront:
         base_url: str,
         skus: list[str] | None = None,
         ttl: int | None = None,
-        viewport: dict[str, int] | None = None,
+        viewport: ViewportSize | None = None,
         wait_for: list[str] | None = None,
         token: str | None = None,
         live: bool = True,
@@ -43,7 +43,7 @@ class Storefront:
         await expect(page.get_by_test_id("connection-status")).to_have_attribute(
             "data-state", "live"
         )
-        for sku in skus if wait_for is None else wait_for:
+        for sku in (skus or []) if wait_for is None else wait_for:
             await expect(card(page, sku)).to_be_visible()
         # Set once; still there later proves that the page was never reloaded.
         await page.evaluate("window.sameDocument = true")
