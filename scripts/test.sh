@@ -23,5 +23,5 @@ elif [ "${INVENTORY_REQUIRE_BROWSER:-}" = 1 ]; then
 else
     echo "npm not found: skipped the JS lint/format gate (scripts/demo-lint/package.json)" >&2
 fi
-.venv/bin/mypy  # strict, on src (pyproject.toml [tool.mypy])
+.venv/bin/mypy  # strict on src, relaxed on tests and bench (pyproject.toml [tool.mypy])
 .venv/bin/pytest "$@"
