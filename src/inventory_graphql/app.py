@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from broadcaster import Broadcast
@@ -110,7 +110,11 @@ def _readings(
     }
 
 
-def create_app(settings: Settings, database_url: str) -> Starlette:
+def create_app(
+    settings: Settings, database_url: str, *, on_started: Callable[[], None] | None = None
+) -> Starlette:
+    """The app. `on_started` runs once its lifespan has built everything (the process's
+    entry point tunes the collector there: what startup built is then frozen)."""
     metrics = Metrics()
     settings, generated = settings.with_admin_token()
     if generated is not None:
@@ -133,6 +137,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             stack.callback(metrics.unwatch)
             await stack.enter_async_context(service.running())
             await stack.enter_async_context(hub.running())
+            if on_started is not None:
+                on_started()
             yield AppState(
                 service=service,
                 hub=hub,
@@ -175,6 +181,4 @@ def app_from_env() -> Starlette:
     configure_logging(settings.log_format)
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL must be set for app_from_env")
-    app = create_app(settings, settings.database_url)
-    garbage_collection.tune()
-    return app
+    return create_app(settings, settings.database_url, on_started=garbage_collection.tune)

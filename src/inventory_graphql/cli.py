@@ -84,8 +84,8 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
     if args.workers == 1:
-        app = create_app(settings, url)
-        garbage_collection.tune()  # this process serves: what startup built stays
+        # This process serves: once started, what startup built stays (frozen).
+        app = create_app(settings, url, on_started=garbage_collection.tune)
         uvicorn.run(
             app,
             host=args.host,
