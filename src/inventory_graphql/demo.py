@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncpg
 
+from inventory_graphql.config import Settings
 from inventory_graphql.database import migrate
-from inventory_graphql.inventory.catalog import Catalog
+from inventory_graphql.inventory.service import InventoryService
 
 CATALOG = [
     ("CONSOLE-X", "Game console, restock edition", 100),
@@ -23,10 +24,10 @@ async def load_demo_catalog(database_url: str) -> None:
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
-            if await conn.fetchval("SELECT exists (SELECT FROM product)"):
-                return
-        catalog = Catalog(pool)
+        service = InventoryService(pool, Settings())  # its background work is not needed
+        if await service.products(first=1):
+            return
         for sku, name, quantity in CATALOG:
-            await catalog.create_product(sku, name, quantity)
+            await service.create_product(sku, name, quantity)
     finally:
         await pool.close()
