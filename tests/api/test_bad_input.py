@@ -104,3 +104,22 @@ async def test_wrong_types_are_graphql_validation_errors(gql, make_product):
 async def test_products_page_size_is_bounded(gql):
     body = await gql.raw("query { products(first: 100000) { sku } }")
     assert body["errors"][0]["message"] == "first must be 0 to 1000"
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+@pytest.mark.parametrize("sku", ["nul\u0000byte", "\u0000", "tab\there", "x" * 65, ""])
+async def test_text_no_sku_can_be_is_a_typed_error_not_a_server_error(sku, gql, make_product):
+    real = await make_product(1)
+    one = await gql.raw("query($s: String!) { product(sku: $s) { sku } }", s=sku)
+    assert one["data"] == {"product": None}  # a nullable field: null, with the error
+    assert one["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert one["errors"][0]["message"].startswith("sku: must be")
+    many = await gql.raw("query($s: [String!]) { products(skus: $s) { sku } }", s=[real, sku])
+    assert many["data"] is None
+    assert many["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert many["errors"][0]["message"] == f"skus: malformed {sku!r}"
+    # A well-formed sku still answers as before: its product, or null when there is none.
+    found = await gql.execute("query($s: String!) { product(sku: $s) { sku } }", s=real)
+    assert found == {"product": {"sku": real}}
+    none = await gql.execute("query($s: String!) { product(sku: $s) { sku } }", s="NO-SUCH-SKU")
+    assert none == {"product": None}

@@ -32,6 +32,7 @@ from inventory_graphql.api.outcomes import (
 from inventory_graphql.api.request_guards import RequestGuards
 from inventory_graphql.api.subscriptions import Subscription
 from inventory_graphql.api.types import Product, Reservation, ReserveLineInput
+from inventory_graphql.inventory import validation
 from inventory_graphql.inventory.models import LineRequest
 
 Info = strawberry.Info[Context, None]
@@ -43,6 +44,10 @@ MAX_FIELDS = 1000
 T = TypeVar("T")
 
 
+def _bad_input(message: str) -> GraphQLError:
+    return GraphQLError(message, extensions={"code": "BAD_USER_INPUT"})
+
+
 def _given(value: T | None) -> T | None:
     """Arguments are declared without a default (as in the contract): absent means None."""
     return None if value is UNSET else value
@@ -52,6 +57,10 @@ def _given(value: T | None) -> T | None:
 class Query:
     @fields.field(description="One product by sku; null when there is none.")
     async def product(self, info: Info, sku: str) -> Product | None:
+        # Text no sku can be (a NUL byte, say) is the client's mistake, answered as such
+        # before it reaches PostgreSQL (which would refuse a NUL as an internal error).
+        if invalid := validation.check_sku(sku):
+            raise _bad_input(invalid.message)
         found = await info.context.products.load(sku)
         return Product.from_domain(found) if found else None
 
@@ -61,9 +70,9 @@ class Query:
     ) -> list[Product]:
         first = 100 if first is None else first
         if not 0 <= first <= MAX_PAGE:
-            raise GraphQLError(
-                f"first must be 0 to {MAX_PAGE}", extensions={"code": "BAD_USER_INPUT"}
-            )
+            raise _bad_input(f"first must be 0 to {MAX_PAGE}")
+        if skus and (malformed := [sku for sku in skus if validation.check_sku(sku)]):
+            raise _bad_input(f"skus: malformed {', '.join(map(repr, malformed[:10]))}")
         found = await info.context.service.products(_given(skus), first)
         return [Product.from_domain(p) for p in found]
 
