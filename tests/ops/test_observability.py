@@ -59,6 +59,14 @@ async def test_json_logs_and_production_mode(database_url, tmp_path):
                 f"{server.url}/graphql", headers={"accept": "text/html"}
             ) as response:
                 assert "graphiql" not in (await response.text()).lower()
+            # A GET query string carries variables (reservation ids among them).
+            secret = "5f0c0d2e-0000-4000-8000-00000000beef"
+            params = {
+                "query": "query($id: ID!) { reservation(id: $id) { status } }",
+                "variables": json.dumps({"id": secret}),
+            }
+            async with session.get(f"{server.url}/graphql", params=params) as response:
+                assert (await response.json())["data"] == {"reservation": None}
     finally:
         assert server.stop() == 0
     records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
@@ -66,3 +74,5 @@ async def test_json_logs_and_production_mode(database_url, tmp_path):
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
     access = [r for r in records if r["logger"] == "uvicorn.access"]
     assert any(r["request_id"] == "ops-test-request-1" for r in access)
+    assert any('"GET /graphql HTTP/1.1" 200' in r["message"] for r in access), access
+    assert secret not in log.read_text() and "variables" not in log.read_text()
