@@ -161,7 +161,7 @@ def create_app(
             WebSocketRoute("/graphql", graphql),
             Route("/livez", livez),
             Route("/readyz", readyz),
-            Route("/metrics", metrics.endpoint()),
+            Route("/metrics", metrics.endpoint(settings.metrics_token)),
             *demo_routes(settings.demo_dir),
         ],
         middleware=[

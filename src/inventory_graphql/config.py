@@ -118,6 +118,8 @@ class Settings:
     # None: `serve` generates one at start and prints it once; admin is never open.
     admin_token: str | None = _setting("INVENTORY_ADMIN_TOKEN", None, _text)
     storefront_token: str | None = _setting("INVENTORY_STOREFRONT_TOKEN", None, _text)
+    # None: /metrics is open to whoever reaches the port (keep it off the public network).
+    metrics_token: str | None = _setting("INVENTORY_METRICS_TOKEN", None, _text)
     production: bool = _setting("INVENTORY_ENV", False, _env_is_production)
     max_body_bytes: int = _setting("INVENTORY_MAX_BODY_BYTES", 64 * 1024, _integer(1024))
     log_format: LogFormat = _setting("INVENTORY_LOG_FORMAT", "text", _choice("text", "json"))

@@ -42,6 +42,7 @@ async def test_json_logs_and_production_mode(database_url, tmp_path):
         **SERVER_ENV,
         "INVENTORY_LOG_FORMAT": "json",
         "INVENTORY_ENV": "production",
+        "INVENTORY_METRICS_TOKEN": "scrape-me",
     }
     log = tmp_path / "log"
     server = ServerProcess(env, ["--log-level", "info"], log=log)
@@ -59,6 +60,16 @@ async def test_json_logs_and_production_mode(database_url, tmp_path):
                 f"{server.url}/graphql", headers={"accept": "text/html"}
             ) as response:
                 assert "graphiql" not in (await response.text()).lower()
+            # With a metrics token, only its holder may scrape.
+            for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "scrape-me"}):
+                async with session.get(f"{server.url}/metrics", headers=headers) as response:
+                    assert response.status == 401
+                    assert response.headers["www-authenticate"] == "Bearer"
+                    assert "inventory_" not in await response.text()
+            scraper = {"authorization": "Bearer scrape-me"}
+            async with session.get(f"{server.url}/metrics", headers=scraper) as response:
+                assert response.status == 200
+                assert "inventory_db_pool_max 8.0" in await response.text()
             # A GET query string carries variables (reservation ids among them).
             secret = "5f0c0d2e-0000-4000-8000-00000000beef"
             params = {
