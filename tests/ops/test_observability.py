@@ -60,6 +60,11 @@ async def test_json_logs_and_production_mode(database_url, tmp_path):
                 f"{server.url}/graphql", headers={"accept": "text/html"}
             ) as response:
                 assert "graphiql" not in (await response.text()).lower()
+            # Production names no field the client did not: no "Did you mean" hints.
+            typo = {"query": 'mutation { adjustStok(sku: "A", delta: 1, reason: "r") { sku } }'}
+            async with session.post(f"{server.url}/graphql", json=typo) as response:
+                message = (await response.json())["errors"][0]["message"]
+            assert message == "Cannot query field 'adjustStok' on type 'Mutation'.", message
             # With a metrics token, only its holder may scrape.
             for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "scrape-me"}):
                 async with session.get(f"{server.url}/metrics", headers=headers) as response:

@@ -11,6 +11,7 @@ name, and logged with the request id that the response also carries.
 from __future__ import annotations
 
 import logging
+import re
 
 import asyncpg
 from graphql import GraphQLError
@@ -26,11 +27,17 @@ LOCKED_MESSAGE = "Busy: a product row stayed locked past the lock timeout; nothi
 SLOW_MESSAGE = "Busy: the statement ran past its time limit; nothing was done."
 
 
+# graphql-core's hint, appended to validation and coercion messages ("... Did you mean
+# 'adjustStock'?"): in production it would spell out the schema that introspection hides.
+SUGGESTION = re.compile(r" Did you mean [^?]*\?$")
+
+
 class ErrorPolicy(MaskErrors):
     # MaskErrors is Strawberry's hook for rewriting errors after execution (streamed
     # subscription results included); we keep its plumbing and decide per error.
-    def __init__(self) -> None:
+    def __init__(self, *, hide_suggestions: bool = False) -> None:
         super().__init__(should_mask_error=lambda _: True)
+        self.hide_suggestions = hide_suggestions
 
     def anonymise_error(self, error: GraphQLError) -> GraphQLError:
         request_id = current_request_id()
@@ -63,6 +70,8 @@ class ErrorPolicy(MaskErrors):
                 message = "Internal server error."
                 extensions.update(code="INTERNAL_SERVER_ERROR")
         extensions["requestId"] = request_id
+        if self.hide_suggestions:
+            message = SUGGESTION.sub("", message)
         return GraphQLError(
             message,
             nodes=error.nodes,

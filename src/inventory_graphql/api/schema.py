@@ -151,7 +151,7 @@ def build_schema(*, production: bool = False) -> strawberry.Schema:
         lambda: RequestGuards(
             max_tokens=MAX_TOKENS, max_fields=MAX_FIELDS, rules=LIMIT_RULES, maxsize=256
         ),
-        ErrorPolicy,
+        lambda: ErrorPolicy(hide_suggestions=production),
         OperationMetrics,
     ]
     if production:
