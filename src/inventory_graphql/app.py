@@ -65,6 +65,12 @@ def _readings(
             "updates waiting for subscribers to read them (latest per sku)",
             lambda: hub.pending_updates,
         ),
+        "inventory_checked_notifications": (
+            "counter",
+            "availability notifications checked against the database (first for a sku, a gap, "
+            "or forged) before reaching subscribers",
+            lambda: hub.checked,
+        ),
         "inventory_listener_connected": (
             "gauge",
             "1 when the LISTEN connection is up",

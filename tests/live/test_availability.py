@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from inventory_graphql.inventory.catalog import ADJUST
+from inventory_graphql.live.channel import CHANNEL
 from inventory_graphql.testing.graphql_ws import AVAILABILITY, GraphQLWebSocket, SubscriptionError
 from inventory_graphql.testing.server import ServerProcess
 from tests.api.queries import ADJUST_STOCK, CONFIRM, RELEASE, RESERVE
@@ -153,6 +154,25 @@ async def test_a_plain_sql_update_reaches_subscribers(socket, db, make_product):
     assert (await sub.next())["availability"]["version"] == 2
     await db.execute(ADJUST, sku, 2, "typed into psql")
     assert numbers((await sub.next())["availability"]) == (7, 0, 7)
+
+
+async def test_a_forged_notification_neither_reaches_nor_silences_subscribers(
+    socket, gql, db, make_product
+):
+    # Any database role may NOTIFY the channel; a huge version once made every subscriber
+    # ignore the real updates that followed, until it reconnected.
+    sku = await make_product(5)
+    sub = await socket.subscribe(AVAILABILITY, skus=[sku])
+    assert numbers((await sub.next())["availability"]) == (5, 0, 5)
+    forged = json.dumps([[sku, 999, 0, 2**40, "2026-12-01T00:00:00+00:00"]])
+    await db.execute("SELECT pg_notify($1, $2)", CHANNEL, forged)
+
+    await gql.execute(RESERVE, lines=[{"sku": sku, "quantity": 2}])
+
+    update = (await sub.next())["availability"]
+    while numbers(update) == (5, 0, 5):  # the row as it was, if the check read it first
+        update = (await sub.next())["availability"]
+    assert numbers(update) == (5, 2, 3) and update["version"] < 2**40
 
 
 async def test_one_statement_changing_many_products_is_split_under_8000_bytes(socket, db):

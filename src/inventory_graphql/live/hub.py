@@ -57,7 +57,11 @@ class AvailabilityHub:
         self._read_products = read_products
         self._watchers: dict[str, set[Mailbox]] = defaultdict(set)
         self._mailboxes: set[Mailbox] = set()
+        # Per watched sku, the newest version this hub has from the database or a
+        # notification that followed it: what a new notification must follow.
+        self._known: dict[str, int] = {}
         self.resyncs = 0
+        self.checked = 0  # notifications checked against the database
 
     @property
     def subscriptions(self) -> int:
@@ -88,20 +92,53 @@ class AvailabilityHub:
                     watchers.discard(mailbox)
                     if not watchers:
                         del self._watchers[sku]
+                        self._known.pop(sku, None)
 
     def publish(self, levels: Iterable[StockLevel]) -> None:
         for level in levels:
             for mailbox in self._watchers.get(level.sku, ()):
                 mailbox.offer(level)
 
-    async def resync(self) -> None:
-        """Push the current state of every watched sku (versions decide what is news)."""
-        self.resyncs += 1
-        skus = list(self._watchers)
+    async def publish_notified(self, levels: Iterable[StockLevel]) -> None:
+        """Publish what a NOTIFY says, when the database's own order explains it.
+
+        Every change to a product bumps its version by one and notifies in commit order,
+        so a notification follows the previous one by one version. Any other (the first
+        one for a newly watched sku, a gap, or a payload any database role could send by
+        hand with a huge version that would make subscribers ignore every real update) is
+        replaced by the product's row, read from the database.
+        """
+        explained, unexplained = [], []
+        for level in levels:
+            if level.sku not in self._watchers:
+                continue
+            known = self._known.get(level.sku)
+            if known is not None and level.version <= known + 1:
+                self._known[level.sku] = max(known, level.version)
+                explained.append(level)
+            else:
+                unexplained.append(level.sku)
+        self.publish(explained)
+        if unexplained:
+            self.checked += len(unexplained)
+            try:
+                await self._publish_from_database(unexplained)
+            except Exception:  # the listener's reconnect and resync cover an outage
+                log.warning("could not check %d notified skus", len(unexplained), exc_info=True)
+
+    async def _publish_from_database(self, skus: Sequence[str]) -> None:
         for start in range(0, len(skus), 1000):
             chunk = skus[start : start + 1000]
             products = await self._read_products(chunk, len(chunk))
+            for product in products:
+                if product.sku in self._watchers:
+                    self._known[product.sku] = product.version
             self.publish(p.stock_level for p in products)
+
+    async def resync(self) -> None:
+        """Push the current state of every watched sku (versions decide what is news)."""
+        self.resyncs += 1
+        await self._publish_from_database(list(self._watchers))
 
     async def run(self) -> None:
         async with self._broadcast.subscribe(CHANNEL) as subscriber:
@@ -111,9 +148,11 @@ class AvailabilityHub:
                     await self._resync_until_done()
                     continue
                 try:
-                    self.publish(parse_payload(event.message))
+                    levels = parse_payload(event.message)
                 except (ValueError, TypeError):  # a hand-made NOTIFY must not stop fan-out
                     log.exception("ignoring malformed availability payload %r", event.message[:200])
+                    continue
+                await self.publish_notified(levels)
 
     async def _resync_until_done(self) -> None:
         for attempt in range(RESYNC_ATTEMPTS):
