@@ -54,6 +54,14 @@ RETURNING id
 # the line is tried again, now certain to see the same numbers).
 LOCK_AVAILABLE = "SELECT quantity - reserved FROM product WHERE sku = $1 FOR UPDATE"
 
+# A cart's lines as committed now, read without locks before any line is held: a cart
+# that cannot fit (a hundred lines, the last one short) is refused for the price of one
+# read instead of a hundred updates rolled back. The answer is true as of this read; a
+# cart that passes is still decided line by line under the row locks below.
+AVAILABLE_NOW = """
+SELECT sku, quantity - reserved AS available FROM product WHERE sku = any($1::text[])
+"""
+
 INSERT_LINES = """
 WITH line AS (
     -- The hold's lines, already reserved on their products above.
@@ -229,6 +237,8 @@ async def hold_lines(
     if created is None:
         return None
     in_lock_order = sorted(lines, key=lambda line: line.sku)
+    if len(lines) > 1 and (refusal := await _cannot_fit(conn, in_lock_order)):
+        return refusal
     product_ids = []
     for line in in_lock_order:
         try:
@@ -248,6 +258,18 @@ async def hold_lines(
         INSERT_LINES, created["id"], product_ids, [line.quantity for line in in_lock_order]
     )
     return pending(created["id"], in_lock_order, created)
+
+
+async def _cannot_fit(conn: Connection, lines: Sequence[LineRequest]) -> Refusal | None:
+    """The first line (in sku order) that does not fit as the stock stands now, if any."""
+    rows = await conn.fetch(AVAILABLE_NOW, [line.sku for line in lines])
+    available = {row["sku"]: row["available"] for row in rows}
+    for line in lines:
+        if line.sku not in available:
+            return ProductNotFound(line.sku)
+        if available[line.sku] < line.quantity:
+            return InsufficientStock(line.sku, line.quantity, available[line.sku])
+    return None
 
 
 def pending(
