@@ -93,6 +93,8 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
             log_level=args.log_level,
             log_config=None,
             timeout_graceful_shutdown=GRACE_SECONDS,
+            # uvicorn's default is 16 MiB: one such message froze the event loop for seconds.
+            ws_max_size=settings.max_ws_message_bytes,
         )
         return 0
     # Worker processes build their own app (pool, listener, sweeper, coalescer) from the
@@ -107,6 +109,8 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
         log_level=args.log_level,
         log_config=None,
         timeout_graceful_shutdown=GRACE_SECONDS,
+        # uvicorn's default is 16 MiB: one such message froze the event loop for seconds.
+        ws_max_size=settings.max_ws_message_bytes,
     )
     return 0
 

@@ -122,6 +122,10 @@ class Settings:
     metrics_token: str | None = _setting("INVENTORY_METRICS_TOKEN", None, _text)
     production: bool = _setting("INVENTORY_ENV", False, _env_is_production)
     max_body_bytes: int = _setting("INVENTORY_MAX_BODY_BYTES", 64 * 1024, _integer(1024))
+    # One WebSocket message; larger ones close the connection (1009) before it is parsed.
+    max_ws_message_bytes: int = _setting(
+        "INVENTORY_MAX_WS_MESSAGE_BYTES", 64 * 1024, _integer(1024)
+    )
     log_format: LogFormat = _setting("INVENTORY_LOG_FORMAT", "text", _choice("text", "json"))
     # The storefront served at `/`: the repository's frontend-demo/ when run from a checkout.
     demo_dir: Path | None = _setting(

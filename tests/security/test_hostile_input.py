@@ -277,7 +277,7 @@ async def test_bad_websocket_messages_are_refused_cleanly(server, make_product):
         json.dumps({"type": "nope"}),
         json.dumps({"type": "subscribe", "id": "1", "payload": {"query": "{"}}),
         json.dumps({"type": "subscribe", "payload": {"query": AVAILABILITY}}),
-        json.dumps({"type": "connection_init", "payload": "x" * 100_000}),
+        json.dumps({"type": "connection_init", "payload": "x" * 10_000}),
         b"\x00\x01binary",
     ]
     async with aiohttp.ClientSession() as session:
@@ -306,6 +306,13 @@ async def test_bad_websocket_messages_are_refused_cleanly(server, make_product):
         )
         await ws.receive(timeout=10)
         assert ws.close_code == 4401
+        await ws.close()
+        # A message over INVENTORY_MAX_WS_MESSAGE_BYTES (64 KiB) is never read into the
+        # app: the connection closes with 1009 (message too big).
+        ws = await session.ws_connect(url, protocols=["graphql-transport-ws"])
+        await ws.send_str(json.dumps({"type": "connection_init", "payload": {"x": "y" * 200_000}}))
+        await ws.receive(timeout=10)
+        assert ws.close_code == 1009
         await ws.close()
         # And the server still serves.
         async with session.post(
