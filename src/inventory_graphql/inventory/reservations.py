@@ -89,8 +89,8 @@ SELECT id, created_at, expires_at FROM reservation
 WHERE id = any($1::uuid[]) AND status <> 'VOID'
 """
 
-# A reservation with its lines (by id, or by idempotency key), lines in sku order.
-RESERVATION_BY_ID = """
+# A reservation with its lines, lines in sku order.
+RESERVATION = """
 SELECT r.id, r.status, r.created_at, r.expires_at, r.resolved_at,
        array_agg(p.sku ORDER BY p.sku) AS skus,
        array_agg(l.quantity ORDER BY p.sku) AS quantities
@@ -101,16 +101,7 @@ WHERE r.id = $1
 GROUP BY r.id
 """
 
-RESERVATION_BY_KEY = """
-SELECT r.id, r.status, r.created_at, r.expires_at, r.resolved_at,
-       array_agg(p.sku ORDER BY p.sku) AS skus,
-       array_agg(l.quantity ORDER BY p.sku) AS quantities
-FROM reservation r
-JOIN reservation_line l ON l.reservation_id = r.id
-JOIN product p ON p.id = l.product_id
-WHERE r.idempotency_key = $1
-GROUP BY r.id
-"""
+KEYED = "SELECT id FROM reservation WHERE idempotency_key = $1"
 
 # Each transition is guarded by `status = 'PENDING'`, so it happens at most once however
 # many callers race; a hold found past its expiry is expired instead, whoever finds it.
@@ -317,7 +308,7 @@ class Reservations:
         rid = validation.parse_reservation_id(reservation_id)
         if rid is None:
             return None
-        row = await self._pool.fetchrow(RESERVATION_BY_ID, rid)
+        row = await self._pool.fetchrow(RESERVATION, rid)
         return _reservation_from_row(row) if row else None
 
     async def reserve(
@@ -380,7 +371,8 @@ class Reservations:
         self, conn: Connection, key: str | None, lines: Sequence[LineRequest]
     ) -> Reservation | IdempotencyKeyReused:
         assert key is not None, "only a keyed insert can conflict"
-        row = await conn.fetchrow(RESERVATION_BY_KEY, key)
+        # Only on a replay: the key's id, then the reservation as `get` reads it.
+        row = await conn.fetchrow(RESERVATION, await conn.fetchval(KEYED, key))
         assert row is not None, "the key conflicted, so its reservation exists"
         existing = _reservation_from_row(row)
         return existing if _same_lines(existing, lines) else IdempotencyKeyReused(key)
