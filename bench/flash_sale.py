@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -99,7 +98,12 @@ from bench.harness.points import (
     service_point,
     warm_up,
 )
-from bench.harness.report import draw_chart, print_fanout_point, print_flash_sale
+from bench.harness.report import (
+    draw_chart,
+    exit_unless_ok,
+    print_fanout_point,
+    print_flash_sale,
+)
 from bench.harness.results import Ceiling, FanoutResult, FlashSaleResult, machine, save
 from bench.harness.session import Bench, raise_open_files_limit
 from bench.harness.summary import before_after, targets
@@ -284,11 +288,7 @@ def main() -> None:
     draw_chart(result, chart)
     shutil.copy(chart, RESULTS / "flash_sale.png")
     print(f"chart {chart} (copy in {RESULTS / 'flash_sale.png'})")
-    for error in result.errors:
-        print(f"ERROR {error}")
-    if not result.verdicts_ok or result.errors:
-        print("FAILED: a verdict failed (oversold, answers and stock disagree, or check)")
-        sys.exit(1)
+    exit_unless_ok(result, "a verdict failed (oversold, answers and stock disagree, or check)")
 
 
 if __name__ == "__main__":

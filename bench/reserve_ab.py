@@ -43,7 +43,6 @@ import argparse
 import itertools
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,7 +53,13 @@ import uvloop
 from bench.harness.database import applied_migrations, postgres, postgres_settings
 from bench.harness.plan import LOADS, SERVICE, Plan, server_env
 from bench.harness.points import serve, service_point, warm_up
-from bench.harness.report import ab_progress, print_ab_points, print_ab_stock, print_ab_summary
+from bench.harness.report import (
+    ab_progress,
+    exit_unless_ok,
+    print_ab_points,
+    print_ab_stock,
+    print_ab_summary,
+)
 from bench.harness.results import ABPoint, ReserveABResult, machine, save
 from bench.harness.session import Bench, raise_open_files_limit
 from bench.harness.summary import VERSIONS, reserve_summary
@@ -220,11 +225,7 @@ def main() -> None:
     print_ab_stock(result)
     print_ab_summary(result)
     print(f"\nsaved {save('reserve_ab', result)}")
-    for error in result.errors:
-        print(f"ERROR {error}")
-    if not result.verdicts_ok or result.errors:
-        print("FAILED: a verdict failed or a point could not be measured")
-        sys.exit(1)
+    exit_unless_ok(result, "a verdict failed or a point could not be measured")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench.harness.cpu import disturbed
 from bench.harness.plan import (
@@ -300,3 +301,19 @@ def print_fanout_ab(result: FanoutABResult) -> None:
             f" {after['server_us_per_message']:.0f} us/message"
             f" ({ratio['server_us_per_message']:.2f}x)"
         )
+
+
+class Verdicts(Protocol):
+    errors: list[str]
+
+    @property
+    def verdicts_ok(self) -> bool: ...
+
+
+def exit_unless_ok(result: Verdicts, failure: str) -> None:
+    """Print the points that could not be measured; exit 1 if any, or if a verdict failed."""
+    for error in result.errors:
+        print(f"ERROR {error}")
+    if not result.verdicts_ok or result.errors:
+        print(f"FAILED: {failure}")
+        sys.exit(1)
