@@ -10,12 +10,13 @@ from pathlib import Path
 from broadcaster import Broadcast
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from inventory_graphql import garbage_collection
-from inventory_graphql.api.auth import Tokens
+from inventory_graphql.api.auth import Tokens, bearer, matches
 from inventory_graphql.api.delivery import Renderings
 from inventory_graphql.api.http import graphql_endpoint
 from inventory_graphql.api.schema import build_schema
@@ -167,7 +168,7 @@ def create_app(
             WebSocketRoute("/graphql", graphql),
             Route("/livez", livez),
             Route("/readyz", readyz),
-            Route("/metrics", metrics.endpoint(settings.metrics_token)),
+            Route("/metrics", metrics.endpoint(_bearer_of(settings.metrics_token))),
             *demo_routes(settings.demo_dir),
         ],
         middleware=[
@@ -176,6 +177,13 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+
+
+def _bearer_of(token: str | None) -> Callable[[Request], bool] | None:
+    """Who may scrape /metrics: anyone, or the bearer of INVENTORY_METRICS_TOKEN."""
+    if token is None:
+        return None
+    return lambda request: matches(bearer(request.headers), token)
 
 
 def app_from_env() -> Starlette:

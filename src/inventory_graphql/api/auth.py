@@ -18,12 +18,17 @@ class Tokens:
     storefront: str | None = None
 
     def is_admin(self, presented: str | None) -> bool:
-        return presented is not None and hmac.compare_digest(presented, self.admin)
+        return matches(presented, self.admin)
 
     def is_shopper(self, presented: str | None) -> bool:
         if self.storefront is None or self.is_admin(presented):
             return True
-        return presented is not None and hmac.compare_digest(presented, self.storefront)
+        return matches(presented, self.storefront)
+
+
+def matches(presented: str | None, token: str) -> bool:
+    """Whether the presented token is this one (in constant time)."""
+    return presented is not None and hmac.compare_digest(presented.encode(), token.encode())
 
 
 def bearer(headers: Mapping[str, str]) -> str | None:

@@ -32,6 +32,11 @@ SLOW_MESSAGE = "Busy: the statement ran past its time limit; nothing was done."
 SUGGESTION = re.compile(r" Did you mean [^?]*\?$")
 
 
+def bad_input(message: str) -> GraphQLError:
+    """A client's mistake in an argument that has no union member to answer with."""
+    return GraphQLError(message, extensions={"code": "BAD_USER_INPUT"})
+
+
 class ErrorPolicy(MaskErrors):
     # MaskErrors is Strawberry's hook for rewriting errors after execution (streamed
     # subscription results included); we keep its plumbing and decide per error.

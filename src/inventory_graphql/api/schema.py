@@ -18,7 +18,7 @@ from inventory_graphql.api import fields
 from inventory_graphql.api.auth import IsAdmin
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.disconnect import unless_disconnected
-from inventory_graphql.api.errors import ErrorPolicy
+from inventory_graphql.api.errors import ErrorPolicy, bad_input
 from inventory_graphql.api.internals import Executor
 from inventory_graphql.api.observability import OperationMetrics
 from inventory_graphql.api.outcomes import (
@@ -44,10 +44,6 @@ MAX_FIELDS = 1000
 T = TypeVar("T")
 
 
-def _bad_input(message: str) -> GraphQLError:
-    return GraphQLError(message, extensions={"code": "BAD_USER_INPUT"})
-
-
 def _given(value: T | None) -> T | None:
     """Arguments are declared without a default (as in the contract): absent means None."""
     return None if value is UNSET else value
@@ -60,7 +56,7 @@ class Query:
         # Text no sku can be (a NUL byte, say) is the client's mistake, answered as such
         # before it reaches PostgreSQL (which would refuse a NUL as an internal error).
         if invalid := validation.check_sku(sku):
-            raise _bad_input(invalid.message)
+            raise bad_input(invalid.message)
         found = await info.context.products.load(sku)
         return Product.from_domain(found) if found else None
 
@@ -70,9 +66,9 @@ class Query:
     ) -> list[Product]:
         first = 100 if first is None else first
         if not 0 <= first <= MAX_PAGE:
-            raise _bad_input(f"first must be 0 to {MAX_PAGE}")
+            raise bad_input(f"first must be 0 to {MAX_PAGE}")
         if skus and (malformed := [sku for sku in skus if validation.check_sku(sku)]):
-            raise _bad_input(f"skus: malformed {', '.join(map(repr, malformed[:10]))}")
+            raise bad_input(f"skus: malformed {', '.join(map(repr, malformed[:10]))}")
         found = await info.context.service.products(_given(skus), first)
         return [Product.from_domain(p) for p in found]
 

@@ -7,11 +7,11 @@ from collections.abc import AsyncGenerator
 from datetime import datetime
 
 import strawberry
-from graphql import GraphQLError
 
 from inventory_graphql.api import fields
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.delivery import Delivery
+from inventory_graphql.api.errors import bad_input
 from inventory_graphql.api.internals import raw_info
 from inventory_graphql.inventory import validation
 from inventory_graphql.inventory.models import StockLevel
@@ -40,10 +40,6 @@ class AvailabilityUpdate:
         )
 
 
-def _bad_input(message: str) -> GraphQLError:
-    return GraphQLError(message, extensions={"code": "BAD_USER_INPUT"})
-
-
 @strawberry.type
 class Subscription:
     @fields.subscription(
@@ -55,16 +51,16 @@ class Subscription:
     ) -> AsyncGenerator[AvailabilityUpdate, None]:
         wanted = list(dict.fromkeys(skus))
         if not 1 <= len(wanted) <= MAX_SKUS:
-            raise _bad_input(f"skus: give 1 to {MAX_SKUS} skus")
+            raise bad_input(f"skus: give 1 to {MAX_SKUS} skus")
         if malformed := [sku for sku in wanted if validation.check_sku(sku)]:
-            raise _bad_input(f"skus: malformed {', '.join(malformed[:10])}")
+            raise bad_input(f"skus: malformed {', '.join(malformed[:10])}")
         context = info.context
         # Watch first, read second: a change committed in between reaches the mailbox,
         # and versions sort out which of the two is newer.
         with context.hub.watch(wanted) as mailbox:
             products = await context.service.products(wanted, len(wanted))
             if unknown := sorted(set(wanted) - {p.sku for p in products}):
-                raise _bad_input(f"unknown skus: {', '.join(unknown[:10])}")
+                raise bad_input(f"unknown skus: {', '.join(unknown[:10])}")
             for product in products:
                 mailbox.offer(product.stock_level)
             pause = context.live_interval_seconds

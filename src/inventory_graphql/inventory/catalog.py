@@ -73,10 +73,6 @@ class Catalog:
             rows = await self._pool.fetch(SELECT_BY_SKUS, list(skus), first)
         return [Product.from_row(r) for r in rows]
 
-    async def product(self, sku: str) -> Product | None:
-        found = await self.products([sku], 1)
-        return found[0] if found else None
-
     async def create_product(self, sku: str, name: str, quantity: int) -> ProductOutcome:
         """Inputs are valid (the service checked them)."""
         row = await self._pool.fetchrow(CREATE, sku, name, quantity)

@@ -235,11 +235,8 @@ async def hold_lines(
         try:
             product_id = await conn.fetchval(RESERVE_LINE, line.quantity, line.sku)
             if product_id is None:
-                available = await conn.fetchval(LOCK_AVAILABLE, line.sku)
-                if available is None:
-                    return ProductNotFound(line.sku)
-                if available < line.quantity:
-                    return InsufficientStock(line.sku, line.quantity, available)
+                if refusal := _short(line, await conn.fetchval(LOCK_AVAILABLE, line.sku)):
+                    return refusal
                 product_id = await conn.fetchval(RESERVE_LINE, line.quantity, line.sku)
         except asyncpg.exceptions.LockNotAvailableError as error:
             raise Busy(f"product {line.sku} is locked", (line.sku,)) from error
@@ -256,10 +253,17 @@ async def _cannot_fit(conn: Connection, lines: Sequence[LineRequest]) -> Refusal
     rows = await conn.fetch(AVAILABLE_NOW, [line.sku for line in lines])
     available = {row["sku"]: row["available"] for row in rows}
     for line in lines:
-        if line.sku not in available:
-            return ProductNotFound(line.sku)
-        if available[line.sku] < line.quantity:
-            return InsufficientStock(line.sku, line.quantity, available[line.sku])
+        if refusal := _short(line, available.get(line.sku)):
+            return refusal
+    return None
+
+
+def _short(line: LineRequest, available: int | None) -> Refusal | None:
+    """Why `line` does not fit what is available (None: there is no such product)."""
+    if available is None:
+        return ProductNotFound(line.sku)
+    if available < line.quantity:
+        return InsufficientStock(line.sku, line.quantity, available)
     return None
 
 

@@ -114,9 +114,6 @@ class InventoryService:
 
     # Queries
 
-    async def product(self, sku: str) -> Product | None:
-        return await self._catalog.product(sku)
-
     async def products(self, skus: Sequence[str] | None = None, first: int = 100) -> list[Product]:
         """These skus (or all products), in sku order, at most `first` of them."""
         return await self._catalog.products(skus, first)
