@@ -3,6 +3,7 @@
     python -m bench.harness.client_process listen DATABASE_URL
     python -m bench.harness.client_process subscribe SERVER_URL SKU SUBSCRIBERS
     python -m bench.harness.client_process fanout SERVER_URL SKU SUBSCRIBERS CHANGES
+    python -m bench.harness.client_process attack KIND SERVER_URL CONNECTIONS ARGUMENT
 
 Each prints `ready` once set up and `result` as its last line, once it has written its
 result (JSON) to the file named by BENCH_RESULT_FILE:
@@ -14,9 +15,13 @@ result (JSON) to the file named by BENCH_RESULT_FILE:
 - fanout: SUBSCRIBERS WebSockets subscribed to SKU; for each of CHANGES changes prints
   `got VERSION` once every subscriber has it; result: arrival times (time.time(), so the
   changer in another process can subtract its commit times) per version.
+- attack: one of bench.harness.attacks' attackers (KIND: cost or poison, ARGUMENT a file
+  holding the request body; churn or subscriptions, ARGUMENT the sku), from 127.0.0.2,
+  until stdin closes; result: answers counted by kind.
 
-It imports no other harness module: only the service's own package (garbage collection
-tuning, the graphql-transport-ws client in inventory_graphql.testing).
+It imports no other harness module but attacks (itself self-contained): only the
+service's own package (garbage collection tuning, the graphql-transport-ws client in
+inventory_graphql.testing).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import aiohttp
 import asyncpg
 import uvloop
 
+from bench.harness import attacks
 from inventory_graphql import garbage_collection
 from inventory_graphql.live.channel import CHANNEL
 from inventory_graphql.testing.graphql_ws import AVAILABILITY, GraphQLWebSocket, Subscription
@@ -138,6 +144,32 @@ async def fanout(
     return {"arrivals": arrivals}
 
 
+async def attack(kind: str, server_url: str, connections: int, argument: str) -> object:
+    stop = asyncio.Event()
+    source = attacks.ATTACKER_ADDRESS
+    if kind in ("cost", "poison"):
+        body = await asyncio.to_thread(Path(argument).read_bytes)
+        running = asyncio.create_task(
+            attacks.post_loop(server_url, source, connections, body, stop)
+        )
+    elif kind == "churn":
+        running = asyncio.create_task(
+            attacks.churn(server_url, source, connections, argument, stop)
+        )
+    elif kind == "subscriptions":
+        opened = asyncio.Event()
+        running = asyncio.create_task(
+            attacks.hold_subscriptions(server_url, source, connections, argument, stop, opened)
+        )
+        await opened.wait()
+    else:
+        raise SystemExit(f"unknown attack {kind}")
+    say("ready")
+    await stdin_closed()
+    stop.set()
+    return await running
+
+
 def main() -> None:
     mode, *args = sys.argv[1:]
     run: Coroutine[Any, Any, object]
@@ -147,6 +179,8 @@ def main() -> None:
         run = subscribe(args[0], args[1], int(args[2]))
     elif mode == "fanout":
         run = fanout(args[0], args[1], int(args[2]), int(args[3]))
+    elif mode == "attack":
+        run = attack(args[0], args[1], int(args[2]), args[3])
     else:
         raise SystemExit(f"unknown mode {mode}")
     result = json.dumps(uvloop.run(run))

@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from bench.harness.clients import Client, client
 from bench.harness.cpu import cpu_meter, wait_until_quiet
-from bench.harness.database import put_back, run_check, seed, settled, stock
+from bench.harness.database import Products, put_back, run_check, seed, settled, stock
 from bench.harness.drivers.asyncpg_loop import POOL, run_loop
 from bench.harness.drivers.pgbench import run_pgbench
 from bench.harness.drivers.wrk import run_wrk
@@ -111,9 +112,11 @@ async def service_point(
     clients: int,
     live: bool,
     repeat: int = 0,
+    beside: Callable[[Products], AbstractAsyncContextManager[Client]] | None = None,
 ) -> Point[ServiceDetail]:
     """wrk against `server` (with bench.plan.subscribers subscribers on the point's first
-    product if `live`), then the verdicts once in-flight requests have settled."""
+    product if `live`, and the client process `beside` makes for the point's products
+    running alongside, if given), then the verdicts once in-flight requests have settled."""
     tag = SERIES_TAGS[series]
     suffix = f".{repeat}" if repeat else ""
     products = await seed(bench.conn, f"{tag}.{load}.{clients}{suffix}", LOADS[load])
@@ -127,7 +130,12 @@ async def service_point(
                 client("subscribe", server.url, products.first_sku, str(bench.plan.subscribers))
             )
             pids["subscribers"] = subscribers.pid
+        alongside = None
+        if beside is not None:
+            alongside = await stack.enter_async_context(beside(products))
+            pids["alongside"] = alongside.pid
         wrk, cpu = await run_wrk(server.url, products, clients, bench.plan.seconds, pids)
+        besides = await alongside.finish() if alongside is not None else None
         # Requests wrk cut off still commit and notify: let them, then stop reading.
         consumed = await settled(bench.conn, products)
         if subscribers is not None:
@@ -160,6 +168,7 @@ async def service_point(
             committed_unanswered=consumed - counted,
             held_by_reservations=held.held,
             check=check,
+            alongside=besides,
         ),
         verdicts,
     )

@@ -99,12 +99,14 @@ class ServiceDetail:
     held_by_reservations: int
     check: Check
     pair: int | None = None  # which live-updates on/off pair, for those points
+    alongside: dict[str, Any] | None = None  # the result of a client process run beside
 
     def to_dict(self) -> dict[str, Any]:
         result = asdict(self)
         result["subscribers"] = result["subscribers"] or {}
-        if self.pair is None:
-            del result["pair"]
+        for optional in ("pair", "alongside"):
+            if result[optional] is None:
+                del result[optional]
         return result
 
 
