@@ -205,6 +205,11 @@ class ReservationCoalescer:
         """
         if self.queued >= self._max_queued:
             raise Busy("too many reservations are waiting; retry shortly")
+        # A cart that cannot fit is refused for one read, before it joins a batch: there
+        # it would lock all its rows and take the batch off the single-line fast path (a
+        # 100-line cart short on its last line cost shoppers three quarters of their rate).
+        if len(lines) > 1 and (refusal := await self._reservations.cannot_fit(lines)):
+            return refusal
         request = _Request(tuple(lines), ttl_seconds, asyncio.get_running_loop().create_future())
         self._waiting += 1
         request.future.add_done_callback(self._answered)  # answered, failed or abandoned

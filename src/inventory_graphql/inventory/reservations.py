@@ -29,7 +29,7 @@ from inventory_graphql.inventory.models import (
     ReserveOutcome,
     ResolveOutcome,
 )
-from inventory_graphql.inventory.transactions import Rollback, in_transaction
+from inventory_graphql.inventory.transactions import Rollback, in_one_statement, in_transaction
 
 # The id is chosen by the caller before anything is held, so whatever happens to the
 # connection, the outcome can be read back by id (see VOID_UNLESS_HELD).
@@ -314,6 +314,14 @@ class Reservations:
             return None
         row = await self._pool.fetchrow(RESERVATION, rid)
         return _reservation_from_row(row) if row else None
+
+    async def cannot_fit(self, lines: Sequence[LineRequest]) -> Refusal | None:
+        """Why the cart does not fit the stock as it stands (one read, no lock), if so.
+
+        Only a cheap early refusal: a cart that passes is still decided under the locks.
+        """
+        in_order = sorted(lines, key=lambda line: line.sku)
+        return await in_one_statement(self._pool, lambda conn: _cannot_fit(conn, in_order))
 
     async def reserve(
         self,
