@@ -17,13 +17,16 @@ from starlette.staticfiles import StaticFiles
 
 from inventory_graphql import garbage_collection
 from inventory_graphql.api.auth import Tokens, bearer, matches
+from inventory_graphql.api.client_limits import ClientLimits, ConnectionCap
 from inventory_graphql.api.delivery import Renderings
 from inventory_graphql.api.http import graphql_endpoint
 from inventory_graphql.api.schema import build_schema
+from inventory_graphql.api.trusted_manifest import load_trusted_documents
 from inventory_graphql.body_limit import BodySizeLimitMiddleware
 from inventory_graphql.config import Settings
 from inventory_graphql.database import connect_pool, migrate
 from inventory_graphql.health import livez, readyz
+from inventory_graphql.http_limits import ClientGoneMiddleware
 from inventory_graphql.inventory.service import InventoryService
 from inventory_graphql.live.hub import AvailabilityHub
 from inventory_graphql.live.listener import ReconnectingPostgresBackend
@@ -117,6 +120,33 @@ def _readings(
     }
 
 
+def _client_limit_readings(limits: ClientLimits) -> dict[str, Reading]:
+    return {
+        "inventory_ws_clients": (
+            "gauge",
+            "clients (addresses) with a WebSocket or subscription open or a subscribe rate "
+            "still recovering",
+            lambda: limits.clients,
+        ),
+        "inventory_ws_refused_connections": (
+            "counter",
+            "WebSocket handshakes refused (429): the client had INVENTORY_MAX_WS_CONNECTIONS_"
+            "PER_CLIENT open",
+            lambda: limits.refused_connections,
+        ),
+        "inventory_refused_subscriptions": (
+            "counter",
+            "subscriptions refused TOO_MANY_SUBSCRIPTIONS (INVENTORY_MAX_SUBSCRIPTIONS_PER_CLIENT)",
+            lambda: limits.refused_subscriptions,
+        ),
+        "inventory_rate_limited_subscriptions": (
+            "counter",
+            "subscriptions refused RATE_LIMITED (INVENTORY_SUBSCRIBE_RATE_PER_CLIENT)",
+            lambda: limits.rate_limited,
+        ),
+    }
+
+
 def create_app(
     settings: Settings, database_url: str, *, on_started: Callable[[], None] | None = None
 ) -> Starlette:
@@ -140,7 +170,13 @@ def create_app(
             listener = ReconnectingPostgresBackend(database_url)
             broadcast = await stack.enter_async_context(Broadcast(backend=listener))
             hub = AvailabilityHub(broadcast, service.products)
-            metrics.watch(_readings(service, hub, listener))
+            limits = ClientLimits(
+                connections=settings.max_ws_connections_per_client,
+                subscriptions=settings.max_subscriptions_per_client,
+                rate=settings.subscribe_rate_per_client,
+                burst=settings.subscribe_burst_per_client,
+            )
+            metrics.watch({**_readings(service, hub, listener), **_client_limit_readings(limits)})
             stack.callback(metrics.unwatch)
             await stack.enter_async_context(service.running())
             await stack.enter_async_context(hub.running())
@@ -152,26 +188,32 @@ def create_app(
                 listener=listener,
                 metrics=metrics,
                 renderings=Renderings() if settings.direct_delivery else None,
+                client_limits=limits,
             )
 
+    # The manifest is checked before anything starts (ManifestError: `serve` exits 2).
+    trusted = load_trusted_documents(settings)
     graphql = graphql_endpoint(
-        build_schema(production=settings.production),
+        build_schema(production=settings.production, trusted_documents=trusted.manifest),
         tokens,
         max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
         graphiql=not settings.production,
         live_interval_seconds=settings.live_interval_ms / 1000,
         direct_delivery=settings.direct_delivery,
+        trusted_documents=trusted,
     )
     return Starlette(
         routes=[
             Route("/graphql", graphql, methods=["GET", "POST"]),
-            WebSocketRoute("/graphql", graphql),
+            # Each client's open WebSockets counted, one over its cap refused (429).
+            WebSocketRoute("/graphql", ConnectionCap(graphql)),
             Route("/livez", livez),
             Route("/readyz", readyz),
             Route("/metrics", metrics.endpoint(_bearer_of(settings.metrics_token))),
             *demo_routes(settings.demo_dir),
         ],
         middleware=[
+            Middleware(ClientGoneMiddleware),
             Middleware(RequestIdMiddleware),
             Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],

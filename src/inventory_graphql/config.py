@@ -109,6 +109,22 @@ class Settings:
     max_subscriptions_per_connection: int = _setting(
         "INVENTORY_MAX_SUBSCRIPTIONS_PER_CONNECTION", 16, _integer(1)
     )
+    # Per client address (api/client_limits.py), 0: no limit. 800 subscriptions from one
+    # client cut hot-product reserves to a quarter; 64 leave room for a few full tabs.
+    max_ws_connections_per_client: int = _setting(
+        "INVENTORY_MAX_WS_CONNECTIONS_PER_CLIENT", 32, _integer(0)
+    )
+    max_subscriptions_per_client: int = _setting(
+        "INVENTORY_MAX_SUBSCRIPTIONS_PER_CLIENT", 64, _integer(0)
+    )
+    # Subscriptions started per client: each reads a snapshot from the database, so a
+    # subscribe/complete loop is rate limited (token bucket: sustained rate and burst).
+    subscribe_rate_per_client: float = _setting(
+        "INVENTORY_SUBSCRIBE_RATE_PER_CLIENT", 10.0, _number(0)
+    )
+    subscribe_burst_per_client: int = _setting(
+        "INVENTORY_SUBSCRIBE_BURST_PER_CLIENT", 40, _integer(1)
+    )
     # Each subscriber gets at most one update per interval (latest wins in between).
     live_interval_ms: int = _setting("INVENTORY_LIVE_INTERVAL_MS", 50, _integer(0, 60_000))
     # Availability updates after a subscription's first result go straight to its socket,
@@ -121,10 +137,43 @@ class Settings:
     # None: /metrics is open to whoever reaches the port (keep it off the public network).
     metrics_token: str | None = _setting("INVENTORY_METRICS_TOKEN", None, _text)
     production: bool = _setting("INVENTORY_ENV", False, _env_is_production)
+    # Storefront callers may run only the manifest's documents (admin callers any), so no
+    # stranger's costly query runs. None: on in production, off in development (GraphiQL).
+    trusted_documents_only: bool | None = _setting(
+        "INVENTORY_TRUSTED_DOCUMENTS_ONLY", None, _switch
+    )
+    # The trusted-documents manifest: the checkout's trusted-documents.json by default.
+    trusted_documents_file: Path = _setting(
+        "INVENTORY_TRUSTED_DOCUMENTS_FILE",
+        Path(__file__).resolve().parents[2] / "trusted-documents.json",
+        Path,
+    )
     max_body_bytes: int = _setting("INVENTORY_MAX_BODY_BYTES", 64 * 1024, _integer(1024))
     # One WebSocket message; larger ones close the connection (1009) before it is parsed.
     max_ws_message_bytes: int = _setting(
         "INVENTORY_MAX_WS_MESSAGE_BYTES", 64 * 1024, _integer(1024)
+    )
+    # HTTP limits applied by `serve` (http_limits.py). A request line plus headers: 16 KiB
+    # like Node's default (uvicorn had no limit: a 128 MB header was read whole).
+    max_header_bytes: int = _setting("INVENTORY_MAX_HEADER_BYTES", 16 * 1024, _integer(1024))
+    # Header fields per request; 100 as gunicorn (browsers send about 20).
+    max_headers: int = _setting("INVENTORY_MAX_HEADERS", 100, _integer(8))
+    # A head must arrive within this of accept (or of its first byte), else 408 and close:
+    # half-sent requests stayed open for good and locked other clients out.
+    header_timeout_seconds: float = _setting(
+        "INVENTORY_HEADER_TIMEOUT_SECONDS", 10.0, _number(0, above=True)
+    )
+    # A whole body (64 KiB at most) must arrive within this of its head, else 408 and close.
+    body_timeout_seconds: float = _setting(
+        "INVENTORY_BODY_TIMEOUT_SECONDS", 10.0, _number(0, above=True)
+    )
+    # Open connections (WebSockets included) per server process, lowered at start to what
+    # its file limit allows; past it, 503 at accept. Room for the 5,000-subscriber fan-out.
+    max_connections: int = _setting("INVENTORY_MAX_CONNECTIONS", 10_000, _integer(1))
+    # Open connections per client address (IPv6: per /64), 0: no cap. Trusted proxies
+    # (FORWARDED_ALLOW_IPS) are exempt; 256 leaves room for an office or carrier NAT.
+    max_connections_per_client: int = _setting(
+        "INVENTORY_MAX_CONNECTIONS_PER_CLIENT", 256, _integer(0)
     )
     log_format: LogFormat = _setting("INVENTORY_LOG_FORMAT", "text", _choice("text", "json"))
     # The storefront served at `/`: the repository's frontend-demo/ when run from a checkout.

@@ -6,6 +6,7 @@ from typing import TypedDict, cast
 
 from starlette.requests import HTTPConnection
 
+from inventory_graphql.api.client_limits import ClientLimits
 from inventory_graphql.api.delivery import Renderings
 from inventory_graphql.inventory.service import InventoryService
 from inventory_graphql.live.hub import AvailabilityHub
@@ -20,6 +21,8 @@ class AppState(TypedDict):
     metrics: Metrics
     # Shared by this process's subscriptions; None when direct delivery is off.
     renderings: Renderings | None
+    # Per-client WebSocket connections, subscriptions and subscribe rate, for this process.
+    client_limits: ClientLimits
 
 
 def app_state(connection: HTTPConnection) -> AppState:

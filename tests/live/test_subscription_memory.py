@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from starlette.websockets import WebSocket
 
+from inventory_graphql.api.client_limits import ClientLimits
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.schema import build_schema
 from inventory_graphql.inventory.models import StockLevel
@@ -20,7 +21,9 @@ async def test_a_subscription_keeps_no_memory_per_delivered_update(service, make
     # The real schema and hub, in this process so its memory can be traced; the test
     # publishes changes itself instead of running the hub's listener.
     hub = AvailabilityHub(broadcast=None, read_products=service.products)  # type: ignore[arg-type]
-    socket = WebSocket({"type": "websocket", "headers": []}, receive=None, send=None)  # type: ignore[arg-type]
+    limits = ClientLimits(connections=0, subscriptions=0, rate=0, burst=1)  # the app's
+    scope = {"type": "websocket", "headers": [], "state": {"client_limits": limits}}
+    socket = WebSocket(scope, receive=None, send=None)  # type: ignore[arg-type]
     context = Context(request=socket, response=None, service=service, hub=hub)
     stream = await build_schema().subscribe(
         AVAILABILITY, variable_values={"skus": [sku]}, context_value=context

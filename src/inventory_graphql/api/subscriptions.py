@@ -7,14 +7,18 @@ from collections.abc import AsyncGenerator
 from datetime import datetime
 
 import strawberry
+from graphql import GraphQLError
+from starlette.requests import HTTPConnection
 
 from inventory_graphql.api import fields
+from inventory_graphql.api.client_limits import Lease, LimitReached, client_of
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.delivery import Delivery
 from inventory_graphql.api.errors import bad_input
 from inventory_graphql.api.internals import raw_info
 from inventory_graphql.inventory import validation
 from inventory_graphql.inventory.models import StockLevel
+from inventory_graphql.state import app_state
 
 MAX_SKUS = 100
 
@@ -49,11 +53,39 @@ class Subscription:
     async def availability(
         self, info: strawberry.Info[Context, None], skus: list[str]
     ) -> AsyncGenerator[AvailabilityUpdate, None]:
+        # A coroutine returning the stream: what it raises comes before the stream starts,
+        # so the client gets the protocol's `error` message for this operation.
         wanted = list(dict.fromkeys(skus))
         if not 1 <= len(wanted) <= MAX_SKUS:
             raise bad_input(f"skus: give 1 to {MAX_SKUS} skus")
         if malformed := [sku for sku in wanted if validation.check_sku(sku)]:
             raise bad_input(f"skus: malformed {', '.join(malformed[:10])}")
+        quota = _client_quota(info.context.request)
+        return _updates(info, wanted, quota)
+
+
+def _client_quota(connection: HTTPConnection) -> Lease:
+    """This subscription counted against its client's limits, before anything is read;
+    refused with a typed error (the connection stays up)."""
+    limits = app_state(connection)["client_limits"]
+    try:
+        quota = limits.subscribe(client_of(connection.scope))
+    except LimitReached as refused:
+        raise GraphQLError(refused.message, extensions=refused.extensions) from None
+    # The stream gives the quota back when it ends (at once on `complete`, so the client
+    # may subscribe again right away). The operation's task (graphql-transport-ws runs one
+    # per operation) ends however the subscription does, even if the stream never
+    # started: it gives the quota back otherwise. A lease is released once.
+    task = asyncio.current_task()
+    assert task is not None
+    task.add_done_callback(lambda _: quota.release())
+    return quota
+
+
+async def _updates(
+    info: strawberry.Info[Context, None], wanted: list[str], quota: Lease
+) -> AsyncGenerator[AvailabilityUpdate, None]:
+    try:
         context = info.context
         # Watch first, read second: a change committed in between reaches the mailbox,
         # and versions sort out which of the two is newer.
@@ -82,3 +114,5 @@ class Subscription:
                 # The first change after a quiet spell goes out at once.
                 if pause:
                     await asyncio.sleep(pause)
+    finally:
+        quota.release()

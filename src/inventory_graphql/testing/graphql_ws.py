@@ -34,10 +34,16 @@ class GraphQLWebSocket:
 
     @classmethod
     async def connect(
-        cls, session: aiohttp.ClientSession, url: str, payload: dict[str, Any] | None = None
+        cls,
+        session: aiohttp.ClientSession,
+        url: str,
+        payload: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> GraphQLWebSocket:
         ws = await session.ws_connect(
-            f"{url.replace('http', 'ws', 1)}/graphql", protocols=["graphql-transport-ws"]
+            f"{url.replace('http', 'ws', 1)}/graphql",
+            protocols=["graphql-transport-ws"],
+            headers=headers,
         )
         await ws.send_json({"type": "connection_init", "payload": payload or {}})
         ack = await ws.receive_json(timeout=10)
