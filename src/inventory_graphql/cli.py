@@ -1,4 +1,4 @@
-"""`inventory-graphql serve | migrate | check | export-schema`."""
+"""`inventory-graphql serve | migrate | check | export-schema | trusted-documents`."""
 
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
     import uvicorn
 
     from inventory_graphql.app import create_app
+    from inventory_graphql.http_protocol import http_protocol
 
     if args.demo:
         asyncio.run(load_demo_catalog(url))
@@ -83,6 +84,9 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
     # and the process exits 0 instead of dying from the re-raised signal.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
+    # Header size and count, read timeouts, connection caps (http_protocol.py); the file
+    # limit is raised here, before workers start, so they inherit it.
+    http = http_protocol(settings)
     if args.workers == 1:
         # This process serves: once started, what startup built stays (frozen).
         app = create_app(settings, url, on_started=garbage_collection.tune)
@@ -95,6 +99,7 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
             timeout_graceful_shutdown=GRACE_SECONDS,
             # uvicorn's default is 16 MiB: one such message froze the event loop for seconds.
             ws_max_size=settings.max_ws_message_bytes,
+            http=http,
         )
         return 0
     # Worker processes build their own app (pool, listener, sweeper, coalescer) from the
@@ -111,6 +116,7 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
         timeout_graceful_shutdown=GRACE_SECONDS,
         # uvicorn's default is 16 MiB: one such message froze the event loop for seconds.
         ws_max_size=settings.max_ws_message_bytes,
+        http=http,
     )
     return 0
 
@@ -123,6 +129,41 @@ def _export_schema(args: argparse.Namespace) -> int:
         sys.stdout.write(sdl)
     else:
         Path(args.output).write_text(sdl)
+    return 0
+
+
+def _trusted_documents(args: argparse.Namespace, settings: Settings) -> int:
+    from inventory_graphql.api.trusted_manifest import (
+        SourceError,
+        build,
+        changes,
+        service_checks,
+    )
+
+    # The storefront demo's documents always: the service serves it at `/` itself.
+    demo = [settings.demo_dir] if settings.demo_dir and settings.demo_dir.is_dir() else []
+    try:
+        manifest = build([*demo, *args.paths], service_checks())
+    except SourceError as error:
+        print(f"inventory-graphql: {error}", file=sys.stderr)
+        return 2
+    text = manifest.to_json()
+    output = args.output or str(settings.trusted_documents_file)
+    if args.check:
+        path = Path(output)
+        current = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if current == text:
+            print(f"{output} is up to date ({len(manifest)} documents)")
+            return 0
+        print(f"{output} is stale; rebuild it without --check:", file=sys.stderr)
+        for line in changes(current, manifest):
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    if output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(output).write_text(text, encoding="utf-8")
+        print(f"wrote {len(manifest)} trusted documents to {output}")
     return 0
 
 
@@ -152,6 +193,25 @@ def _parser() -> argparse.ArgumentParser:
     with_database("check", "reconcile stock with the ledger and the holds")
     export = commands.add_parser("export-schema", help="print the GraphQL SDL")
     export.add_argument("--output", default="-")
+    trusted = commands.add_parser(
+        "trusted-documents",
+        help="build the trusted-documents manifest from the demo and these clients' sources",
+    )
+    trusted.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="JavaScript/TypeScript (`/* GraphQL */` template literals) and .graphql files, "
+        "or directories of them; the storefront demo is always included",
+    )
+    trusted.add_argument(
+        "--output",
+        help="where to write it, - for stdout (default: INVENTORY_TRUSTED_DOCUMENTS_FILE)",
+    )
+    trusted.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if the file is not up to date"
+    )
     return parser
 
 
@@ -161,9 +221,16 @@ def main(argv: list[str] | None = None) -> int:
         return _export_schema(args)
     try:
         settings = Settings.from_env()
+        if args.command == "serve":
+            # A manifest that cannot be used stops the server before anything starts.
+            from inventory_graphql.api.trusted_manifest import load_trusted_documents
+
+            load_trusted_documents(settings)
     except ConfigError as error:
         print(f"inventory-graphql: {error}", file=sys.stderr)
         return 2
+    if args.command == "trusted-documents":
+        return _trusted_documents(args, settings)
     configure_logging(settings.log_format)
     if args.data_dir is not None:
         settings = dataclasses.replace(settings, data_dir=args.data_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import inspect
 from pathlib import Path
 
@@ -13,7 +14,11 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     Operation,
 )
 from strawberry.types import Info
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import Server, ServerState
 
+from inventory_graphql import http_protocol
 from inventory_graphql.api import internals
 from inventory_graphql.api.schema import schema
 
@@ -75,3 +80,59 @@ def test_no_module_outside_the_fence_uses_a_private_framework_name():
             ):
                 private_uses.append(f"{path.relative_to(SRC)}:{node.lineno} {node.module}")
     assert private_uses == [], "private names belong in api/internals.py"
+
+
+# uvicorn's fence: http_protocol.py (the HTTP limits) subclasses its httptools protocol.
+UVICORN_ADVICE = (
+    "uvicorn or httptools is not the version http_protocol.py was written for. Read its "
+    "header, check each uvicorn name it lists against the new source, run "
+    "tests/security/test_server_limits.py, then update its FENCED_VERSIONS."
+)
+
+
+def test_the_installed_uvicorn_is_the_one_the_http_limits_were_written_for():
+    assert http_protocol.installed_versions() == http_protocol.FENCED_VERSIONS, UVICORN_ADVICE
+
+
+def test_every_uvicorn_name_the_http_limits_use_still_exists():
+    for method in (
+        "connection_made",
+        "connection_lost",
+        "data_received",
+        "handle_websocket_upgrade",
+        "on_message_begin",
+        "on_headers_complete",
+        "on_message_complete",
+    ):
+        assert callable(getattr(HttpToolsProtocol, method, None)), (method, UVICORN_ADVICE)
+
+    async def app(scope, receive, send):  # pragma: no cover - never called
+        pass
+
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = HttpToolsProtocol(
+            config=Config(app=app, log_config=None),
+            server_state=ServerState(),
+            app_state={},
+            _loop=loop,
+        )
+    finally:
+        loop.close()
+    for attribute in ("app", "headers", "cycle", "flow", "connections", "loop", "transport"):
+        assert hasattr(protocol, attribute), (attribute, UVICORN_ADVICE)
+    assert "self.url = " in inspect.getsource(HttpToolsProtocol.on_message_begin), UVICORN_ADVICE
+    cycle = inspect.getsource(RequestResponseCycle.__init__)
+    for attribute in (
+        "response_started",
+        "response_complete",
+        "keep_alive",
+        "disconnected",
+        "message_event",
+    ):
+        assert f"self.{attribute} = " in cycle, (attribute, UVICORN_ADVICE)
+    # The server builds each connection's protocol from `http=` with these arguments only.
+    startup = inspect.getsource(Server.startup)
+    assert "config.http_protocol_class(" in startup, UVICORN_ADVICE
+    for argument in ("config=", "server_state=", "app_state=", "_loop="):
+        assert argument in startup, (argument, UVICORN_ADVICE)
