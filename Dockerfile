@@ -36,6 +36,10 @@ RUN pip install . && rm -rf build src
 # package source, which does not exist in a site-packages install: point at the copy.
 COPY frontend-demo/ /app/frontend-demo/
 ENV INVENTORY_DEMO_DIR=/app/frontend-demo
+# The trusted documents (the demo's among them): production (docker-compose.yml) runs only
+# these for storefront callers, and refuses to start without the manifest.
+COPY trusted-documents.json /app/trusted-documents.json
+ENV INVENTORY_TRUSTED_DOCUMENTS_FILE=/app/trusted-documents.json
 
 USER 10001:10001
 

@@ -1,20 +1,20 @@
-// Every GraphQL document the page sends. Values always travel as variables, never inside
-// the text: the server caches parsed and validated documents by their exact text, so a
-// fixed set of documents costs one parse each for the life of the server.
+// Every GraphQL document the page sends, each one `/* GraphQL */` template literal written
+// out in full (no `${}`): `inventory-graphql trusted-documents` registers them by the
+// SHA-256 of their exact text in trusted-documents.json, so a server that runs trusted
+// documents only still runs these. Values always travel as variables, never inside the
+// text: the server knows a fixed set of documents, parsed and validated once each.
 
-const PRODUCT_FIELDS = "sku name quantity reserved available version";
-
-export const PRODUCTS = `
+export const PRODUCTS = /* GraphQL */ `
 query Products($skus: [String!], $first: Int) {
-  products(skus: $skus, first: $first) { ${PRODUCT_FIELDS} }
+  products(skus: $skus, first: $first) { sku name quantity reserved available version }
 }`;
 
-export const AVAILABILITY = `
+export const AVAILABILITY = /* GraphQL */ `
 subscription Availability($skus: [String!]!) {
   availability(skus: $skus) { sku quantity reserved available version updatedAt }
 }`;
 
-export const RESERVE = `
+export const RESERVE = /* GraphQL */ `
 mutation Reserve($lines: [ReserveLineInput!]!, $ttl: Int) {
   reserve(lines: $lines, ttlSeconds: $ttl) {
     __typename
@@ -27,33 +27,48 @@ mutation Reserve($lines: [ReserveLineInput!]!, $ttl: Int) {
   }
 }`;
 
-const RESOLVE_FIELDS = `
+export const CONFIRM = /* GraphQL */ `
+mutation Confirm($id: ID!) {
+  confirm(id: $id) {
     __typename
     ... on Problem { message }
     ... on Reservation { id status resolvedAt }
     ... on ReservationNotFound { id }
-    ... on ReservationNotPending { id status }`;
-
-export const CONFIRM = `
-mutation Confirm($id: ID!) { confirm(id: $id) { ${RESOLVE_FIELDS} } }`;
-
-export const RELEASE = `
-mutation Release($id: ID!) { release(id: $id) { ${RESOLVE_FIELDS} } }`;
-
-const PRODUCT_RESULT = `
-    __typename
-    ... on Problem { message }
-    ... on Product { ${PRODUCT_FIELDS} }
-    ... on ProductNotFound { sku }
-    ... on ProductExists { sku }
-    ... on InvalidInput { field }`;
-
-export const CREATE_PRODUCT = `
-mutation CreateProduct($sku: String!, $name: String!, $quantity: Int!) {
-  createProduct(sku: $sku, name: $name, quantity: $quantity) { ${PRODUCT_RESULT} }
+    ... on ReservationNotPending { id status }
+  }
 }`;
 
-export const ADJUST_STOCK = `
+export const RELEASE = /* GraphQL */ `
+mutation Release($id: ID!) {
+  release(id: $id) {
+    __typename
+    ... on Problem { message }
+    ... on Reservation { id status resolvedAt }
+    ... on ReservationNotFound { id }
+    ... on ReservationNotPending { id status }
+  }
+}`;
+
+export const CREATE_PRODUCT = /* GraphQL */ `
+mutation CreateProduct($sku: String!, $name: String!, $quantity: Int!) {
+  createProduct(sku: $sku, name: $name, quantity: $quantity) {
+    __typename
+    ... on Problem { message }
+    ... on Product { sku name quantity reserved available version }
+    ... on ProductNotFound { sku }
+    ... on ProductExists { sku }
+    ... on InvalidInput { field }
+  }
+}`;
+
+export const ADJUST_STOCK = /* GraphQL */ `
 mutation AdjustStock($sku: String!, $delta: Int!, $reason: String!) {
-  adjustStock(sku: $sku, delta: $delta, reason: $reason) { ${PRODUCT_RESULT} }
+  adjustStock(sku: $sku, delta: $delta, reason: $reason) {
+    __typename
+    ... on Problem { message }
+    ... on Product { sku name quantity reserved available version }
+    ... on ProductNotFound { sku }
+    ... on ProductExists { sku }
+    ... on InvalidInput { field }
+  }
 }`;

@@ -194,7 +194,12 @@ def create_app(
     # The manifest is checked before anything starts (ManifestError: `serve` exits 2).
     trusted = load_trusted_documents(settings)
     graphql = graphql_endpoint(
-        build_schema(production=settings.production, trusted_documents=trusted.manifest),
+        build_schema(
+            production=settings.production,
+            trusted_documents=trusted.manifest,
+            max_query_cost=settings.max_query_cost,
+            query_timeout_seconds=settings.query_timeout_seconds,
+        ),
         tokens,
         max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
         graphiql=not settings.production,

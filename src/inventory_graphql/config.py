@@ -195,6 +195,13 @@ class Settings:
     )
     # Reserves waiting for the database in one process; past it, refused at once (BUSY).
     max_queued_reservations: int = _setting("INVENTORY_MAX_QUEUED_RESERVATIONS", 2048, _integer(1))
+    # An operation's price before it runs (api/query_cost.py): the costliest allowed at
+    # 5,000 took ~30 ms of server CPU; 20 x products(first: 1000) took 1 s and prices 161,000.
+    max_query_cost: int = _setting("INVENTORY_MAX_QUERY_COST", 5000, _integer(1))
+    # A query still running after this (waiting on the database) is answered TIMEOUT (503).
+    query_timeout_seconds: float = _setting(
+        "INVENTORY_QUERY_TIMEOUT_SECONDS", 5.0, _number(0, above=True)
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -42,6 +42,8 @@ async def test_json_logs_and_production_mode(database_url, tmp_path):
         **SERVER_ENV,
         "INVENTORY_LOG_FORMAT": "json",
         "INVENTORY_ENV": "production",
+        # Production runs trusted documents only; this test sends its own as a stranger.
+        "INVENTORY_TRUSTED_DOCUMENTS_ONLY": "off",
         "INVENTORY_METRICS_TOKEN": "scrape-me",
     }
     log = tmp_path / "log"

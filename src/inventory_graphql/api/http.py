@@ -9,7 +9,6 @@ from cross_web import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.schema import BaseSchema
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
@@ -19,15 +18,18 @@ from inventory_graphql.api.auth import Tokens, bearer, connection_token
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.internals import (
     DirectDeliveryTransportWsHandler,
+    DocumentIdView,
     GuardedTransportWsHandler,
 )
+from inventory_graphql.api.trusted_documents import DocumentRefused, Manifest, TrustedDocuments
+from inventory_graphql.request_id import current_request_id
 from inventory_graphql.state import app_state
 
 BODY_SHAPE = "The request body must be one JSON object with a `query` (batching is off)."
 STOREFRONT_REFUSAL = "This needs the storefront token: send `Authorization: Bearer <token>`."
 
 
-class GraphQLEndpoint(GraphQL[Context, None]):
+class GraphQLEndpoint(DocumentIdView):
     def __init__(
         self,
         schema: BaseSchema,
@@ -35,10 +37,12 @@ class GraphQLEndpoint(GraphQL[Context, None]):
         live_interval_seconds: float,
         *,
         direct_delivery: bool,
+        trusted_documents: TrustedDocuments | None = None,
         **options: Any,
     ) -> None:
         super().__init__(schema, **options)
         self.tokens = tokens
+        self.trusted_documents = trusted_documents or TrustedDocuments(Manifest())
         self.live_interval_seconds = live_interval_seconds
         self.graphql_transport_ws_handler_class = (
             DirectDeliveryTransportWsHandler if direct_delivery else GuardedTransportWsHandler
@@ -80,6 +84,18 @@ class GraphQLEndpoint(GraphQL[Context, None]):
             is_admin=self.tokens.is_admin(token),
         )
 
+    def admit_document(self, query: object, document_id: object, context: Context) -> str | None:
+        # Over WebSocket the admin token may come in connection_init instead of a header.
+        admin = context.is_admin or self.tokens.is_admin(
+            connection_token(context.connection_params)
+        )
+        try:
+            return self.trusted_documents.admit(query, document_id, admin=admin)
+        except DocumentRefused as refused:
+            if context.response is not None:
+                context.response.status_code = refused.status
+            raise refused.error(requestId=current_request_id()) from None
+
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         # Browsers cannot set headers on a WebSocket: the token comes in connection_init.
         if not self.tokens.is_shopper(
@@ -97,12 +113,14 @@ def graphql_endpoint(
     graphiql: bool,
     live_interval_seconds: float,
     direct_delivery: bool,
+    trusted_documents: TrustedDocuments | None = None,
 ) -> GraphQLEndpoint:
     return GraphQLEndpoint(
         schema,
         tokens,
         live_interval_seconds,
         direct_delivery=direct_delivery,
+        trusted_documents=trusted_documents,
         graphql_ide="graphiql" if graphiql else None,
         subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
         max_subscriptions_per_connection=max_subscriptions_per_connection,

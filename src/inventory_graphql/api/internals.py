@@ -28,22 +28,45 @@ What is touched, and why:
 6. (Always on, optional) `strawberry.Schema._schema`, the graphql-core schema: operation
    metrics label operations by root field only when the field exists in the schema (a
    label per client-chosen name would be unbounded). Without it every label is "unknown".
+7. (Always on) Trusted documents (api/trusted_documents.py): `AsyncBaseHTTPView.
+   parse_http_body`, `execute_single` and `should_render_graphql_ide` (public methods,
+   undocumented; a GET with only a documentId is no request for GraphiQL): Strawberry's
+   parser drops a request's `documentId`, so the body or query string is read here as it
+   reads them (GET parameters, or one JSON object; a service without stream transports
+   or uploads has no other shape); a refused document is answered as a GraphQL result
+   before anything is parsed. Over WebSocket, `handle_message` (item 5) translates a
+   subscribe payload's `documentId` the same way, using the handler's
+   `connection_acknowledged` and `operations` to leave protocol errors to Strawberry.
 """
 
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any, cast
 
-from graphql import DocumentNode, ExecutionResult, GraphQLResolveInfo, GraphQLSchema
+from cross_web import AsyncHTTPRequestAdapter, HTTPException, parse_content_type
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    GraphQLError,
+    GraphQLResolveInfo,
+    GraphQLSchema,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from strawberry.asgi import GraphQL
+from strawberry.http import GraphQLRequestData
+from strawberry.http.base import BaseRequestProtocol
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
 )
+from strawberry.types import ExecutionResult as StrawberryResult
 from strawberry.types import Info
 
 FENCED_VERSIONS = {"strawberry-graphql": "0.341.2", "graphql-core": "3.3.2"}
@@ -129,13 +152,43 @@ def current_operation() -> LiveOperation | None:
 
 
 class GuardedTransportWsHandler(BaseGraphQLTransportWSHandler[Any, None]):
-    """Strawberry's handler, refusing messages that are not JSON objects (item 5)."""
+    """Strawberry's handler, refusing messages that are not JSON objects (item 5), and
+    admitting each subscribe message's document as the view decides (item 7)."""
 
     async def handle_message(self, message: object) -> None:
         if not isinstance(message, dict):
             await self.handle_invalid_message("Failed to parse message")
             return
+        if message.get("type") == "subscribe":
+            admitted = await self._admitted(message)
+            if admitted is None:
+                return
+            message = admitted
         await super().handle_message(message)  # type: ignore[arg-type]
+
+    async def _admitted(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """The message with the text to run; None once it has been refused."""
+        payload, operation_id = message.get("payload"), message.get("id")
+        if not (
+            isinstance(self.view, DocumentIdView)
+            and self.connection_acknowledged
+            and isinstance(payload, dict)
+            and isinstance(operation_id, str)
+            and operation_id not in self.operations
+        ):
+            return message  # Strawberry answers these as the protocol says
+        try:
+            query = self.view.admit_document(
+                payload.get("query"), payload.get("documentId"), self.context
+            )
+        except GraphQLError as refused:
+            await self.send_message(
+                {"id": operation_id, "type": "error", "payload": [refused.formatted]}
+            )
+            return None
+        if query is None or query is payload.get("query"):
+            return message
+        return {**message, "payload": {**payload, "query": query}}
 
 
 class DirectDeliveryTransportWsHandler(GuardedTransportWsHandler):
@@ -160,3 +213,81 @@ class DirectDeliveryTransportWsHandler(GuardedTransportWsHandler):
 def core_schema(schema: object) -> GraphQLSchema | None:
     found = getattr(schema, "_schema", None)
     return found if isinstance(found, GraphQLSchema) else None
+
+
+# 7. Trusted documents: a request's documentId, and a refusal before anything is parsed.
+
+
+@dataclass
+class DocumentRequestData(GraphQLRequestData):
+    """A request's parameters with its `documentId` (GraphQL-over-HTTP persisted documents)."""
+
+    document_id: object = None
+
+
+class DocumentIdView(GraphQL[Any, None]):
+    """Strawberry's ASGI view, asking `admit_document` what text a request runs."""
+
+    def admit_document(self, query: object, document_id: object, context: Any) -> str | None:
+        """The text to run (from `query`, or the document `document_id` names); raise a
+        GraphQLError to answer with it instead, nothing parsed or run."""
+        return query if isinstance(query, str) else None
+
+    def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
+        # A GET with a documentId but no query is a request, not a browser wanting GraphiQL.
+        return request.query_params.get("documentId") is None and super().should_render_graphql_ide(
+            request
+        )
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        content_type, _ = parse_content_type(request.content_type or "")
+        if request.method == "GET":
+            data = self.parse_query_params(request.query_params)
+        elif "application/json" in content_type:
+            data = self.parse_json(await request.get_body())
+        else:
+            return await super().parse_http_body(request)  # its refusals
+        if not isinstance(data, dict):
+            raise HTTPException(400, "The request body must be one JSON object.")
+        for key, kind, shape in (
+            ("query", str, "a string"),
+            ("variables", dict, "an object"),
+            ("extensions", dict, "an object"),
+        ):
+            if not isinstance(data.get(key), kind | None):
+                raise HTTPException(
+                    400, f"The GraphQL operation's `{key}` must be {shape} or null, if provided."
+                )
+        return DocumentRequestData(
+            query=data.get("query"),
+            variables=data.get("variables"),
+            operation_name=data.get("operationName"),
+            extensions=data.get("extensions"),
+            document_id=data.get("documentId"),
+        )
+
+    async def execute_single(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Any,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> StrawberryResult:
+        try:
+            query = self.admit_document(
+                request_data.query, getattr(request_data, "document_id", None), context
+            )
+        except GraphQLError as refused:
+            return StrawberryResult(data=None, errors=[refused])
+        return await super().execute_single(
+            request=request,
+            request_adapter=request_adapter,
+            sub_response=sub_response,
+            context=context,
+            root_value=root_value,
+            request_data=dataclasses.replace(request_data, query=query),
+        )

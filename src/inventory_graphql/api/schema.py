@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import graphql
 import strawberry
 from graphql import GraphQLError
 from strawberry import UNSET
 from strawberry.extensions import (
     DisableIntrospection,
     MaxAliasesLimiter,
-    ParserCache,
     QueryDepthLimiter,
 )
 
@@ -18,6 +18,7 @@ from inventory_graphql.api import fields
 from inventory_graphql.api.auth import IsAdmin
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.disconnect import unless_disconnected
+from inventory_graphql.api.document_cache import CachedDocument, DocumentCache, weigh
 from inventory_graphql.api.errors import ErrorPolicy, bad_input
 from inventory_graphql.api.internals import Executor
 from inventory_graphql.api.observability import OperationMetrics
@@ -29,18 +30,55 @@ from inventory_graphql.api.outcomes import (
     reserve_result,
     resolve_result,
 )
-from inventory_graphql.api.request_guards import RequestGuards
-from inventory_graphql.api.subscriptions import Subscription
+from inventory_graphql.api.query_cost import CostModel, Price
+from inventory_graphql.api.request_guards import Guards, Limits, RequestGuards
+from inventory_graphql.api.subscriptions import MAX_SKUS, Subscription
+from inventory_graphql.api.trusted_documents import Manifest
 from inventory_graphql.api.types import Product, Reservation, ReserveLineInput
+from inventory_graphql.config import Settings
 from inventory_graphql.inventory import validation
 from inventory_graphql.inventory.models import LineRequest
+from inventory_graphql.inventory.validation import MAX_LINES
 
 Info = strawberry.Info[Context, None]
-MAX_PAGE = 1000
+MAX_PAGE = 1000  # products per page, and skus per products(skus:)
 MAX_DEPTH = 8
 MAX_ALIASES = 20
 MAX_TOKENS = 2000
 MAX_FIELDS = 1000
+# Values in a request's variables (every list item and object field), and their nesting:
+# the largest real ones are a page of skus (1,000) and a 100-line cart (301 values, 3 deep).
+MAX_VARIABLE_VALUES = 2000
+MAX_VARIABLE_DEPTH = 8
+# The cost limit and the queries' time budget (query_cost.py, request_guards.py): the
+# settings' defaults (INVENTORY_MAX_QUERY_COST, INVENTORY_QUERY_TIMEOUT_SECONDS).
+MAX_QUERY_COST = Settings.max_query_cost
+QUERY_TIMEOUT_SECONDS = Settings.query_timeout_seconds
+# Parsed documents kept per schema, by estimated memory (document_cache.py): 16 MiB, at
+# most 256 documents, none heavier than 512 KiB (about 850 tokens).
+DOCUMENT_CACHE_BYTES = 16 * 1024 * 1024
+DOCUMENT_CACHE_ENTRIES = 256
+CACHED_DOCUMENT_BYTES = 512 * 1024
+# What fields cost beyond 1 (query_cost.py), measured in server CPU against a plain field
+# (~5 us): a field that reads the database on its own costs 50 (a round trip, ~0.3-0.5
+# ms), one read through a DataLoader (batched with its siblings) 10 (~45 us). Every list
+# says how many items it may return and what bounds them.
+READ = 50
+LOAD = 10
+PRICES = {
+    ("Query", "product"): Price(each=LOAD),
+    ("Query", "products"): Price(each=READ, most=MAX_PAGE, bounded_by=("first", "skus")),
+    ("Query", "reservation"): Price(each=READ),
+    ("Reservation", "lines"): Price(most=MAX_LINES),
+    ("ReservationLine", "product"): Price(each=LOAD),
+    ("Mutation", "reserve"): Price(each=READ),
+    ("Mutation", "confirm"): Price(each=READ),
+    ("Mutation", "release"): Price(each=READ),
+    ("Mutation", "createProduct"): Price(each=READ),
+    ("Mutation", "adjustStock"): Price(each=READ),
+    # A stream: its first results, one per sku, are read together.
+    ("Subscription", "availability"): Price(each=READ, most=MAX_SKUS, bounded_by=("skus",)),
+}
 T = TypeVar("T")
 
 
@@ -67,6 +105,8 @@ class Query:
         first = 100 if first is None else first
         if not 0 <= first <= MAX_PAGE:
             raise bad_input(f"first must be 0 to {MAX_PAGE}")
+        if skus and len(skus) > MAX_PAGE:
+            raise bad_input(f"skus: at most {MAX_PAGE}")
         if skus and (malformed := [sku for sku in skus if validation.check_sku(sku)]):
             raise bad_input(f"skus: malformed {', '.join(map(repr, malformed[:10]))}")
         found = await info.context.service.products(_given(skus), first)
@@ -136,29 +176,58 @@ LIMIT_RULES = [
 ]
 
 
-def build_schema(*, production: bool = False) -> strawberry.Schema:
+def build_schema(
+    *,
+    production: bool = False,
+    trusted_documents: Manifest | None = None,
+    max_query_cost: int = MAX_QUERY_COST,
+    query_timeout_seconds: float | None = QUERY_TIMEOUT_SECONDS,
+) -> strawberry.Schema:
     """The schema with its guards. In production introspection is off."""
+    # Parsing and validating are most of a request's cost; clients that send one document
+    # with variables find it in this schema's cache. Trusted documents are pinned there
+    # (the manifest's own DocumentNodes, never evicted).
+    pinned = {
+        d.body: CachedDocument(d.document, weigh(d.body, d.document))
+        for d in trusted_documents or ()
+    }
+    documents = DocumentCache(
+        max_bytes=DOCUMENT_CACHE_BYTES,
+        max_entries=DOCUMENT_CACHE_ENTRIES,
+        max_document_bytes=CACHED_DOCUMENT_BYTES,
+        pinned=pinned,
+    )
+    limits = Limits(
+        max_tokens=MAX_TOKENS,
+        max_fields=MAX_FIELDS,
+        max_variable_values=MAX_VARIABLE_VALUES,
+        max_variable_depth=MAX_VARIABLE_DEPTH,
+        query_timeout_seconds=query_timeout_seconds,
+    )
+    guards = Guards(limits, tuple(LIMIT_RULES), documents)
     extensions: list[Any] = [
-        # Parsing and validating are most of a request's cost; clients that send one
-        # document with variables hit these caches every time. (Factories: the caches are
-        # module-level LRUs shared by the per-request extension objects.)
-        lambda: ParserCache(maxsize=256),
-        # Cheap refusals before any resolver runs, then the cached validation.
-        lambda: RequestGuards(
-            max_tokens=MAX_TOKENS, max_fields=MAX_FIELDS, rules=LIMIT_RULES, maxsize=256
-        ),
+        # Cheap refusals before any resolver runs, the cached parse and validation, and
+        # the queries' time budget.
+        lambda: RequestGuards(guards),
         lambda: ErrorPolicy(hide_suggestions=production),
         OperationMetrics,
     ]
     if production:
         extensions.append(DisableIntrospection)
-    return InventorySchema(
+    built = InventorySchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
         execution_context_class=Executor,
     )
+    guards.costs = cost_model(built, max_query_cost)
+    return built
+
+
+def cost_model(served: strawberry.Schema, limit: int = MAX_QUERY_COST) -> CostModel:
+    """The cost model of `served`, priced from its SDL (the public view of its types)."""
+    return CostModel(graphql.build_schema(served.as_str()), PRICES, limit)
 
 
 # The public schema, as exported to schema.graphql (the guards do not change the SDL).
