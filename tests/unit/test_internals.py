@@ -8,6 +8,7 @@ import inspect
 from pathlib import Path
 
 from graphql import Executor as CoreExecutor
+from strawberry.asgi import GraphQL
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
@@ -43,6 +44,12 @@ def test_every_fenced_name_still_exists():
         assert callable(getattr(BaseGraphQLTransportWSHandler, method, None)), FENCE_ADVICE
     for slot in ("id", "query", "variables", "operation_name", "completed"):
         assert slot in Operation.__slots__, (slot, FENCE_ADVICE)
+    # Item 7: the view methods trusted documents override, the handler state they read.
+    for method in ("parse_http_body", "execute_single", "should_render_graphql_ide"):
+        assert callable(getattr(GraphQL, method, None)), (method, FENCE_ADVICE)
+    handler_init = inspect.getsource(BaseGraphQLTransportWSHandler.__init__)
+    for attribute in ("self.connection_acknowledged", "self.operations", "self.view"):
+        assert attribute in handler_init, (attribute, FENCE_ADVICE)
     assert internals.core_schema(schema) is not None, FENCE_ADVICE
 
 
