@@ -289,5 +289,7 @@ class DocumentIdView(GraphQL[Any, None]):
             sub_response=sub_response,
             context=context,
             root_value=root_value,
-            request_data=dataclasses.replace(request_data, query=query),
+            request_data=request_data
+            if query is request_data.query
+            else dataclasses.replace(request_data, query=query),
         )

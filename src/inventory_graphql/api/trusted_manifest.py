@@ -194,18 +194,17 @@ def changes(current: str, manifest: Manifest) -> list[str]:
 def load_trusted_documents(settings: Settings) -> TrustedDocuments:
     """The manifest the server runs with, every document checked; ManifestError if it
     cannot be used (the server then refuses to start)."""
-    only = (
-        settings.production
-        if settings.trusted_documents_only is None
-        else (settings.trusted_documents_only)
-    )
+    only = settings.trusted_documents_only
+    only = settings.production if only is None else only
     path = settings.trusted_documents_file
-    if path.is_file() or only or path != Settings().trusted_documents_file:
-        if not path.is_file():
-            raise ManifestError(
-                f"INVENTORY_TRUSTED_DOCUMENTS_FILE: no manifest at {path}"
-                + (" (trusted-only mode needs one)" if only else "")
-            )
+    if path.is_file():
         return TrustedDocuments(Manifest.load(path, service_checks()), only=only)
+    if only:
+        raise ManifestError(
+            f"INVENTORY_TRUSTED_DOCUMENTS_FILE: no manifest at {path}, and trusted-only mode "
+            "needs one (INVENTORY_TRUSTED_DOCUMENTS_ONLY=off runs any document)"
+        )
+    if path != Settings().trusted_documents_file:
+        raise ManifestError(f"INVENTORY_TRUSTED_DOCUMENTS_FILE: no manifest at {path}")
     # Not a checkout (an installed package) and not asked for: no trusted documents.
     return TrustedDocuments(Manifest(), only=False)
