@@ -25,7 +25,9 @@ from inventory_graphql.api.trusted_documents import DocumentRefused, Manifest, T
 from inventory_graphql.request_id import current_request_id
 from inventory_graphql.state import app_state
 
-BODY_SHAPE = "The request body must be one JSON object with a `query` (batching is off)."
+BODY_SHAPE = (
+    "The request body must be one JSON object with a `query` or a `documentId` (batching is off)."
+)
 STOREFRONT_REFUSAL = "This needs the storefront token: send `Authorization: Bearer <token>`."
 
 
