@@ -401,3 +401,18 @@ async def eventually_answered(server: ServerProcess, source: str) -> bool:
                     return True
         await asyncio.sleep(0.1)
     return False
+
+
+async def test_the_limits_apply_with_several_workers_too(database_url, tmp_path):
+    # Each worker process gets the protocol (pickled with uvicorn's config) and counts its
+    # own connections.
+    env = {"DATABASE_URL": database_url, **SERVER_ENV, "INVENTORY_HEADER_TIMEOUT_SECONDS": "1"}
+    with ServerProcess(env, ["--workers", "2"], log=tmp_path / "log") as server:
+        async with connection(server, ATTACKER) as (reader, writer):
+            writer.write(head("/livez"))
+            assert (await read_answer(reader))[0] == 200
+            writer.write(head("/livez", "X-Big: " + "a" * MB))
+            assert status(await until_closed(reader, SLACK)) == 431
+        async with connection(server, ATTACKER) as (reader, writer):
+            writer.write(b"GET /livez HTTP/1.1\r\n")
+            assert status(await until_closed(reader, 1 + SLACK)) == 408
