@@ -10,8 +10,8 @@ What of uvicorn's, beyond its documented `http=` extension point, this module re
 and checks each name): HttpToolsProtocol's parser callbacks (`on_message_begin`,
 `on_headers_complete`, `on_message_complete`), `data_received`, `connection_made`,
 `connection_lost`, `handle_websocket_upgrade`; its attributes `app` (swapped per
-connection to answer 431), `headers`, `url`, `cycle`, `flow`, `connections`, `loop`,
-`transport`; RequestResponseCycle's `response_started`, `response_complete`, `keep_alive`,
+connection to answer 431), `headers`, `url`, `cycle`, `pipeline`, `flow`, `connections`,
+`loop`, `transport`; RequestResponseCycle's `response_started`, `response_complete`, `keep_alive`,
 `disconnected`, `message_event`; and the keyword arguments uvicorn's server builds a
 protocol with (`config`, `server_state`, `app_state`, `_loop`).
 """
@@ -261,8 +261,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if phase == CLOSING:
             self.transport.close()
         elif phase == BODY:
-            if cycle is None or cycle.response_complete or cycle.response_started:
-                self.transport.close()  # it was answered: nothing more to say
+            if cycle is None or cycle.response_started or self.pipeline:
+                # Answered already, or queued behind an answer still going out (pipelined):
+                # a 408 now could land in the middle of that answer.
+                self.transport.close()
                 return
             # Its app stops waiting for the body, and what it sends is dropped.
             cycle.disconnected = True

@@ -126,7 +126,16 @@ def test_every_uvicorn_name_the_http_limits_use_still_exists():
         )
     finally:
         loop.close()
-    for attribute in ("app", "headers", "cycle", "flow", "connections", "loop", "transport"):
+    for attribute in (
+        "app",
+        "headers",
+        "cycle",
+        "pipeline",
+        "flow",
+        "connections",
+        "loop",
+        "transport",
+    ):
         assert hasattr(protocol, attribute), (attribute, UVICORN_ADVICE)
     assert "self.url = " in inspect.getsource(HttpToolsProtocol.on_message_begin), UVICORN_ADVICE
     cycle = inspect.getsource(RequestResponseCycle.__init__)
