@@ -247,6 +247,10 @@ async def test_a_stalled_body_gets_408_and_is_closed(limited):
         answer = await until_closed(reader, BODY_TIMEOUT + SLACK)
     assert status(answer) == 408
     assert b"body not received within 1 s" in answer
+    # Its app was told the client left, and that is no error: no traceback in the log.
+    await asyncio.sleep(0.5)
+    assert limited.log is not None
+    assert "Exception in ASGI application" not in limited.log.read_text()
 
 
 async def test_a_dripping_body_gets_408_the_timeout_is_for_the_whole_body(limited):
