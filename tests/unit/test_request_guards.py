@@ -8,7 +8,13 @@ import time
 import strawberry
 from graphql import ASTValidationRule, ValidationContext, parse
 
-from inventory_graphql.api.request_guards import RequestGuards, expanded_field_count
+from inventory_graphql.api.document_cache import DocumentCache
+from inventory_graphql.api.request_guards import (
+    Guards,
+    Limits,
+    RequestGuards,
+    expanded_field_count,
+)
 from inventory_graphql.api.schema import MAX_ALIASES, MAX_FIELDS, schema
 
 
@@ -150,14 +156,12 @@ def guarded_schema(validated: list[str], max_tokens: int = 500) -> strawberry.Sc
             super().__init__(context)
             validated.append(context.document.loc.source.body if context.document.loc else "")
 
-    return strawberry.Schema(
-        query=Query,
-        extensions=[
-            lambda: RequestGuards(
-                max_tokens=max_tokens, max_fields=LIMIT, rules=[Noting], maxsize=16
-            )
-        ],
+    limits = Limits(
+        max_tokens=max_tokens, max_fields=LIMIT, max_variable_values=10, max_variable_depth=3
     )
+    documents = DocumentCache(max_bytes=1 << 20, max_entries=16, max_document_bytes=1 << 16)
+    guards = Guards(limits, (Noting,), documents)
+    return strawberry.Schema(query=Query, extensions=[lambda: RequestGuards(guards)])
 
 
 async def test_a_document_at_the_limit_is_validated_and_runs() -> None:

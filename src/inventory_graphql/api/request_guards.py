@@ -1,17 +1,25 @@
-"""A guard graphql-core lacks: fragments that expand exponentially.
+"""Every limit a request meets before it runs, and the time budget while a query runs.
 
-`fragment A { ...B ...B } fragment B { ...C ...C } ...`: forty such fragments are a few
-hundred tokens and one level deep, yet expand to 2^40 fields; validating them
-(OverlappingFieldsCanBeMerged) alone takes minutes. The token, alias and depth limits do
-not see it. So before validation the document's fields are counted as executed, with
-fragments expanded (memoised: linear in the document), and a document over the limit is
-refused without being validated.
+In order, before validation (a refused document is never validated): at most `max_tokens`
+tokens (the parser's), at most `max_fields` fields once fragments are expanded, variables
+of at most `max_variable_values` values nested at most `max_variable_depth` deep, a cost
+within the cost model's limit (query_cost.py), and subscriptions only over WebSocket.
+Then the alias and depth rules run with validation, whose answer is kept with the
+document (document_cache.py).
+
+Fragments that expand exponentially are a guard graphql-core lacks: `fragment A { ...B
+...B } fragment B { ...C ...C } ...`, forty of them, are a few hundred tokens and one level
+deep, yet expand to 2^40 fields; validating them (OverlappingFieldsCanBeMerged) alone
+takes minutes. So the document's fields are counted as executed, with fragments expanded
+(memoised: linear in the document).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 from graphql import (
     ASTValidationRule,
@@ -25,8 +33,12 @@ from graphql import (
     SelectionSetNode,
 )
 from starlette.websockets import WebSocket
-from strawberry.extensions import ValidationCache
+from strawberry.extensions import SchemaExtension
 from strawberry.types.graphql import OperationType
+
+from inventory_graphql.api.document_cache import CachedDocument, DocumentCache
+from inventory_graphql.api.query_cost import CostModel
+from inventory_graphql.request_id import current_request_id
 
 
 def expanded_field_count(document: DocumentNode) -> int:
@@ -59,61 +71,190 @@ def expanded_field_count(document: DocumentNode) -> int:
     return max((selection_size(op.selection_set, frozenset()) for op in operations), default=0)
 
 
-class RequestGuards(ValidationCache):
-    """Every limit a document meets before it runs, and the validation cache, in one.
+def variables_refusal(variables: object, max_values: int, max_depth: int) -> str | None:
+    """Why these variables are too big to coerce, if they are: every value counts, lists
+    and objects too, and counting stops at the limit (a 64 KiB list holds 30,000 items)."""
+    if not isinstance(variables, dict):
+        return None  # Strawberry refuses what is not an object
+    counted = 0
+    pending: list[Iterator[object]] = [iter(variables.values())]
+    while pending:
+        value = next(pending[-1], pending)  # the list itself marks the end
+        if value is pending:
+            pending.pop()
+            continue
+        counted += 1
+        if counted > max_values:
+            return (
+                f"Variables hold more than {max_values} values (each list item and object "
+                f"field counts); the limit is {max_values}."
+            )
+        if isinstance(value, dict | list):
+            if len(pending) >= max_depth:
+                return f"Variables nest deeper than {max_depth} levels; the limit is {max_depth}."
+            pending.append(iter(value.values() if isinstance(value, dict) else value))
+    return None
 
-    One extension rather than four (MaxTokensLimiter, AddValidationRules for the alias
-    and depth rules, the refusals below, ValidationCache): Strawberry consults every
-    extension again for each subscription event, so each one costs on every update it
-    fans out. Strawberry's ValidationCache validates whatever it is given; refusing first,
-    in the same hook, keeps an exploding document away from the validator.
+
+@dataclass(frozen=True)
+class Limits:
+    max_tokens: int
+    max_fields: int
+    max_variable_values: int
+    max_variable_depth: int
+    query_timeout_seconds: float | None = None  # None: queries run as long as they take
+
+
+@dataclass
+class Guards:
+    """What one schema's requests share: the limits, the validation rules every request
+    adds, the document cache and (once the schema exists) the cost model."""
+
+    limits: Limits
+    rules: tuple[type[ASTValidationRule], ...]
+    documents: DocumentCache
+    costs: CostModel | None = None
+
+
+class RequestGuards(SchemaExtension):
+    """The guards, the parse and validation caches and the time budget, in one extension.
+
+    One rather than several (MaxTokensLimiter, AddValidationRules for the alias and depth
+    rules, the refusals, the caches): Strawberry consults every extension again for each
+    subscription event, so each one costs on every update it fans out.
     """
 
-    def __init__(
-        self,
-        *,
-        max_tokens: int,
-        max_fields: int,
-        rules: Sequence[type[ASTValidationRule]],
-        maxsize: int,
-    ) -> None:
-        super().__init__(maxsize=maxsize)
-        self.max_tokens = max_tokens
-        self.max_fields = max_fields
-        self.rules = tuple(rules)
+    def __init__(self, guards: Guards) -> None:
+        super().__init__()
+        self.guards = guards
+        self.entry: CachedDocument | None = None
 
     def on_operation(self) -> Iterator[None]:
         context = self.execution_context
-        context.parse_options["max_tokens"] = self.max_tokens
-        context.validation_rules = context.validation_rules + self.rules
+        context.parse_options["max_tokens"] = self.guards.limits.max_tokens
+        context.validation_rules = context.validation_rules + self.guards.rules
+        yield
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        documents, text = self.guards.documents, context.query
+        entry = documents.get(text) if text else None
+        if context.graphql_document is None and text:
+            if entry is None:
+                # Unparseable: Strawberry parses it again, within its own error handling.
+                with contextlib.suppress(GraphQLError):
+                    entry = CachedDocument.parse(text, **context.parse_options)
+                    documents.put(text, entry)
+            if entry is not None:
+                context.graphql_document = entry.document
+        elif entry is not None and entry.document is not context.graphql_document:
+            entry = None  # someone else's document: nothing known about it is kept
+        self.entry = entry
         yield
 
     def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
         if refusal := self._refusal():
-            self.execution_context.pre_execution_errors = [refusal]
+            context.pre_execution_errors = [refusal]
             yield
             return
-        yield from super().on_validate()
+        entry, rules = self.entry, context.validation_rules
+        if entry is not None and entry.validated_with == rules:
+            context.pre_execution_errors = list(entry.errors)  # Strawberry skips validating
+            yield
+            return
+        yield  # Strawberry validates
+        if entry is not None and context.pre_execution_errors is not None:
+            entry.validated_with, entry.errors = rules, tuple(context.pre_execution_errors)
+
+    async def on_execute(self) -> AsyncIterator[None]:
+        # Queries only: a mutation cancelled after its commit would be answered with an
+        # error while its change stands, and every wait in one is bounded already (locks,
+        # statements, pool, the reserve deadline, whose give-back on cancel stays as it is).
+        budget = self.guards.limits.query_timeout_seconds
+        if budget is None or self._operation_type() is not OperationType.QUERY:
+            yield
+            return
+        # Cancellation lands only at an await (a database read, a DataLoader): CPU spent
+        # between awaits is the cost limit's to bound, not this.
+        try:
+            async with asyncio.timeout(budget):
+                yield
+        except TimeoutError:
+            raise self._timed_out(budget) from None
+
+    def _operation_type(self) -> OperationType | None:
+        with contextlib.suppress(RuntimeError):  # no such operation: the validator says so
+            return self.execution_context.operation_type
+        return None
+
+    def _timed_out(self, budget: float) -> GraphQLError:
+        # Like BUSY: nothing was done, so it may be retried as it is (HTTP 503).
+        response = getattr(self.execution_context.context, "response", None)
+        if response is not None:
+            response.status_code = 503
+            response.headers["Retry-After"] = "1"
+        return GraphQLError(
+            f"The query ran past its time limit ({budget:g} s); nothing was changed.",
+            extensions={"code": "TIMEOUT", "retriable": True, "requestId": current_request_id()},
+        )
 
     def _refusal(self) -> GraphQLError | None:
         context = self.execution_context
         document = context.graphql_document
         if document is None:
             return None
-        fields = expanded_field_count(document)
-        if fields > self.max_fields:
+        limits, entry = self.guards.limits, self.entry
+        if entry is None or entry.document is not document:
+            entry = CachedDocument(document, 0)  # set by someone else: nothing to keep
+        if entry.fields is None:
+            entry.fields = expanded_field_count(document)
+        if entry.fields > limits.max_fields:
             return GraphQLError(
-                f"Query selects {fields} fields once fragments are expanded; "
-                f"the limit is {self.max_fields}.",
+                f"Query selects {entry.fields} fields once fragments are expanded; "
+                f"the limit is {limits.max_fields}.",
                 extensions={"code": "QUERY_TOO_COMPLEX"},
             )
+        if problem := variables_refusal(
+            context.variables, limits.max_variable_values, limits.max_variable_depth
+        ):
+            return GraphQLError(problem, extensions={"code": "VARIABLES_TOO_LARGE"})
+        if refusal := self._cost_refusal(entry):
+            return refusal
         # Strawberry would run a subscription sent over plain HTTP as if it were a query.
-        with contextlib.suppress(RuntimeError):  # no such operation: the validator says so
-            if context.operation_type is OperationType.SUBSCRIPTION and not isinstance(
-                getattr(context.context, "request", None), WebSocket
-            ):
-                return GraphQLError(
-                    "Subscriptions are served over WebSocket (graphql-transport-ws) at /graphql.",
-                    extensions={"code": "BAD_REQUEST"},
-                )
+        if self._operation_type() is OperationType.SUBSCRIPTION and not isinstance(
+            getattr(context.context, "request", None), WebSocket
+        ):
+            return GraphQLError(
+                "Subscriptions are served over WebSocket (graphql-transport-ws) at /graphql.",
+                extensions={"code": "BAD_REQUEST"},
+            )
         return None
+
+    def _cost_refusal(self, entry: CachedDocument) -> GraphQLError | None:
+        model = self.guards.costs
+        if model is None:
+            return None
+        context = self.execution_context
+        name = context.operation_name
+        if name in entry.costs:
+            cost = entry.costs[name]
+        else:
+            cost = model.cost(entry.document, name)
+            # Kept for the names the document has (a client-chosen name would grow this).
+            if name is None or any(
+                isinstance(d, OperationDefinitionNode) and d.name and d.name.value == name
+                for d in entry.document.definitions
+            ):
+                entry.costs[name] = cost
+        if (cost is None or cost > model.limit) and context.variables:
+            cost = model.cost(entry.document, name, context.variables)  # the values given
+        if cost is not None and cost <= model.limit:
+            return None
+        stated = f"costs {cost}" if cost is not None else f"costs more than {model.limit}"
+        return GraphQLError(
+            f"Query {stated}; the limit is {model.limit}. Each field costs 1 (more if it "
+            "reads the database), times the most items of every list it is in: ask for "
+            "fewer items (`first`, `skus`) or fewer fields.",
+            extensions={"code": "QUERY_TOO_EXPENSIVE", "cost": cost, "limit": model.limit},
+        )
