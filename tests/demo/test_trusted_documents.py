@@ -77,7 +77,12 @@ async def test_the_demo_runs_with_trusted_documents_only(
     # Reserve the last one and let the payment fail: it comes back.
     await page.get_by_test_id("quantity-less").click()
     await page.get_by_test_id("reserve").click()
+    await expect(page.get_by_test_id("reserve-message")).to_have_attribute(
+        "data-outcome", "Reservation"
+    )
+    await expect(page.get_by_test_id("hold")).to_have_count(2)
     failed = page.get_by_test_id("hold").first  # newest first
+    await expect(failed).to_have_attribute("data-status", "PENDING")
     await expect(card_count(page, sku)).to_have_text("0", timeout=LIVE)
     await failed.get_by_test_id("payment-fails").click()
     await expect(failed).to_have_attribute("data-status", "RELEASED")
