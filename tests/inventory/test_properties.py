@@ -494,9 +494,10 @@ class InventoryMachine(RuleBasedStateMachine):
         self, carts: list[list[tuple[int, int]]], ttl: int | None
     ) -> MultipleResults[str]:
         """Requests queued in one tick form one batch: granted as if one after another, in
-        queue order. A refused cart says why as the stock stood at its turn; a refused
-        single line, as it stood after the grant pass that refused it (at or after its
-        turn, at or before the batch's end)."""
+        queue order. A refused cart says why as the stock stood at the batch's start when
+        it could not fit even then (refused for one read, before any lock), else as the
+        stock stood at its turn; a refused single line, as it stood after the grant pass
+        that refused it (at or after its turn, at or before the batch's end)."""
         requests = [self.lines(cart) for cart in carts]
         available = self.model.available()
         at_start = dict(available)
@@ -519,7 +520,8 @@ class InventoryMachine(RuleBasedStateMachine):
             if fits:
                 new.append(self._new_hold(outcome, lines, ttl, None).id)
             elif len(lines) > 1:
-                assert outcome == first_shortage(lines, before)
+                told = first_shortage(lines, at_start) or first_shortage(lines, before)
+                assert outcome == told
             else:
                 self._refused_single(lines[0], outcome, at_start, available)
         return multiple(*new)
