@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import asyncpg
 
@@ -29,7 +29,7 @@ from inventory_graphql.inventory.models import (
     ReserveOutcome,
     ResolveOutcome,
 )
-from inventory_graphql.inventory.transactions import Rollback, in_one_statement, in_transaction
+from inventory_graphql.inventory.transactions import Rollback, in_transaction
 
 # The id is chosen by the caller before anything is held, so whatever happens to the
 # connection, the outcome can be read back by id (see VOID_UNLESS_HELD).
@@ -250,8 +250,20 @@ async def hold_lines(
 
 async def _cannot_fit(conn: Connection, lines: Sequence[LineRequest]) -> Refusal | None:
     """The first line (in sku order) that does not fit as the stock stands now, if any."""
-    rows = await conn.fetch(AVAILABLE_NOW, [line.sku for line in lines])
-    available = {row["sku"]: row["available"] for row in rows}
+    return first_short(lines, available_now(await conn.fetch(AVAILABLE_NOW, skus_of(lines))))
+
+
+def skus_of(lines: Sequence[LineRequest]) -> list[str]:
+    return [line.sku for line in lines]
+
+
+def available_now(rows: Sequence[asyncpg.Record]) -> dict[str, int]:
+    """AVAILABLE_NOW's rows by sku."""
+    return {row["sku"]: row["available"] for row in rows}
+
+
+def first_short(lines: Sequence[LineRequest], available: Mapping[str, int]) -> Refusal | None:
+    """The first of `lines` that does not fit `available` (read without locks), if any."""
     for line in lines:
         if refusal := _short(line, available.get(line.sku)):
             return refusal
@@ -314,14 +326,6 @@ class Reservations:
             return None
         row = await self._pool.fetchrow(RESERVATION, rid)
         return _reservation_from_row(row) if row else None
-
-    async def cannot_fit(self, lines: Sequence[LineRequest]) -> Refusal | None:
-        """Why the cart does not fit the stock as it stands (one read, no lock), if so.
-
-        Only a cheap early refusal: a cart that passes is still decided under the locks.
-        """
-        in_order = sorted(lines, key=lambda line: line.sku)
-        return await in_one_statement(self._pool, lambda conn: _cannot_fit(conn, in_order))
 
     async def reserve(
         self,
