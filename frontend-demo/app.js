@@ -1,7 +1,8 @@
 // Wires the storefront together. URL parameters:
 //   ?sku=A,B   show only these products (and open the first one)
 //   ?ttl=N     seconds a shopper's hold lasts (the "hold for" field; default 120)
-//   ?first=N   how many products the catalog loads, 1 to 1000 (default 100)
+//   ?first=N   how many products the catalog loads, 1 to 600 (default 100; more would
+//              price the listing over the server's default query cost limit)
 //   ?token=T   the storefront token, for a server with INVENTORY_STOREFRONT_TOKEN set
 
 import { AdminPanel } from "./admin.js";
@@ -30,7 +31,7 @@ const skuFilter =
     ?.split(",")
     .map((s) => s.trim())
     .filter(Boolean) || null;
-const first = parseInteger(params.get("first"), 100, { min: 1, max: 1000 });
+const first = parseInteger(params.get("first"), 100, { min: 1, max: 600 });
 const ttlSeconds = parseInteger(params.get("ttl"), 120, { min: 1, max: 3600 });
 
 const STATUS_TEXT = { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…" };
