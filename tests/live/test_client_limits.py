@@ -29,8 +29,9 @@ _addresses = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
-def limited(database_url: str) -> Iterator[ServerProcess]:
-    """A server with the default caps (the shared test server has none)."""
+def limited(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with the default caps (the shared test server has none); the cost budget
+    (tests/security/test_cost_budget.py) stays off, so every refusal here is these caps'."""
     env = {
         **SERVER_ENV,
         "DATABASE_URL": database_url,
@@ -39,7 +40,8 @@ def limited(database_url: str) -> Iterator[ServerProcess]:
         "INVENTORY_SUBSCRIBE_RATE_PER_CLIENT": str(RATE),
         "INVENTORY_SUBSCRIBE_BURST_PER_CLIENT": str(BURST),
     }
-    with ServerProcess(env) as server:
+    log = tmp_path_factory.mktemp("limited") / "server.log"
+    with ServerProcess(env, log=log) as server:
         yield server
 
 
@@ -184,6 +186,9 @@ async def test_the_connection_cap_counts_each_client_and_gives_slots_back(
             await asyncio.sleep(0.05)
     with pytest.raises(aiohttp.WSServerHandshakeError):
         await client.connect()
+    # Refusals are counted, not logged one by one (uvicorn would log each as an error).
+    assert limited.log is not None
+    assert "handshake" not in limited.log.read_text()
 
 
 async def test_subscribe_churn_is_rate_limited_and_recovers(clients, make_product):

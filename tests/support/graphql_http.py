@@ -10,14 +10,16 @@ import aiohttp
 ADMIN_TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # Added to DATABASE_URL for every test server: fast sweeps, a known admin token, and no
-# per-client WebSocket limits (the whole suite is one client, 127.0.0.1, opening up to 100
-# sockets at once; tests/live/test_client_limits.py runs servers with the limits on).
+# per-client limits (the whole suite is one client, 127.0.0.1, opening up to 100 sockets
+# and racing thousands of requests at once; tests/live/test_client_limits.py and
+# tests/security/test_cost_budget.py run servers with the limits on).
 SERVER_ENV = {
     "INVENTORY_SWEEP_INTERVAL_SECONDS": "0.2",
     "INVENTORY_ADMIN_TOKEN": ADMIN_TOKEN,
     "INVENTORY_MAX_WS_CONNECTIONS_PER_CLIENT": "0",
     "INVENTORY_MAX_SUBSCRIPTIONS_PER_CLIENT": "0",
     "INVENTORY_SUBSCRIBE_RATE_PER_CLIENT": "0",
+    "INVENTORY_CLIENT_COST_PER_SECOND": "0",
 }
 
 

@@ -13,7 +13,7 @@ from inventory_graphql.api.request_guards import (
     Guards,
     Limits,
     RequestGuards,
-    variables_refusal,
+    variable_values,
 )
 from inventory_graphql.api.schema import MAX_VARIABLE_VALUES, schema
 
@@ -21,23 +21,23 @@ from inventory_graphql.api.schema import MAX_VARIABLE_VALUES, schema
 
 
 def test_every_value_counts_lists_and_objects_included() -> None:
-    assert variables_refusal({"a": 1, "b": "x"}, 2, 8) is None
-    assert variables_refusal({"a": 1, "b": "x", "c": None}, 2, 8) is not None
+    assert variable_values({"a": 1, "b": "x"}, 2, 8) == (2, None)
+    assert variable_values({"a": 1, "b": "x", "c": None}, 2, 8)[1] is not None
     lines = [{"sku": "A", "quantity": 1}] * 3  # the list, 3 objects, 6 fields
-    assert variables_refusal({"lines": lines}, 10, 8) is None
-    refusal = variables_refusal({"lines": lines}, 9, 8)
+    assert variable_values({"lines": lines}, 10, 8) == (10, None)
+    _, refusal = variable_values({"lines": lines}, 9, 8)
     assert refusal is not None and "more than 9 values" in refusal
 
 
 def test_nesting_deeper_than_the_limit_is_refused() -> None:
-    assert variables_refusal({"lines": [{"sku": "A"}]}, 100, 3) is None
-    refusal = variables_refusal({"deep": [[[["x"]]]]}, 100, 3)
+    assert variable_values({"lines": [{"sku": "A"}]}, 100, 3) == (3, None)
+    _, refusal = variable_values({"deep": [[[["x"]]]]}, 100, 3)
     assert refusal is not None and "deeper than 3" in refusal
 
 
 def test_anything_but_an_object_is_left_to_strawberry() -> None:
-    assert variables_refusal(None, 1, 1) is None
-    assert variables_refusal([1, 2, 3], 1, 1) is None
+    assert variable_values(None, 1, 1) == (0, None)
+    assert variable_values([1, 2, 3], 1, 1) == (0, None)
 
 
 async def test_the_schema_refuses_a_huge_list_before_coercing_or_validating_it() -> None:

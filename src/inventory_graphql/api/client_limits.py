@@ -26,6 +26,8 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from inventory_graphql.logs import handshake_denied
+
 MAX_IDLE_CLIENTS = 100_000  # ~300 bytes each: 30 MB at worst (rotating forwarded addresses)
 CONNECTION_RETRY_AFTER_SECONDS = 5  # a slot frees only when one of the client's own closes
 
@@ -209,6 +211,7 @@ class ConnectionCap:
             # No denial responses in this server: closing before accepting is a 403.
             await websocket.close(code=1013, reason="too many connections from this client")
             return
+        handshake_denied()  # uvicorn would log an error for each refusal (logs.py)
         await websocket.send_denial_response(
             PlainTextResponse(
                 f"Too many WebSocket connections from this client (at most {limit}).\n",

@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from strawberry.dataloader import DataLoader
 
+from inventory_graphql.api.cost_budget import CostBudget
 from inventory_graphql.api.delivery import Renderings
 from inventory_graphql.inventory import models
 from inventory_graphql.inventory.service import InventoryService
@@ -27,6 +28,7 @@ class Context:
     renderings: Renderings | None = None  # shared by this process's subscriptions
     is_admin: bool = False
     connection_params: object = None  # a WebSocket's connection_init payload
+    cost_budget: CostBudget | None = None  # what the client may still spend (request_guards)
     products: DataLoader[str, models.Product | None] = field(init=False)
 
     def __post_init__(self) -> None:

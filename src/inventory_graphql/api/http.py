@@ -84,6 +84,7 @@ class GraphQLEndpoint(DocumentIdView):
             renderings=state["renderings"],
             live_interval_seconds=self.live_interval_seconds,
             is_admin=self.tokens.is_admin(token),
+            cost_budget=state["cost_budget"],
         )
 
     def admit_document(self, query: object, document_id: object, context: Context) -> str | None:

@@ -3,7 +3,8 @@
 In order, before validation (a refused document is never validated): at most `max_tokens`
 tokens (the parser's), at most `max_fields` fields once fragments are expanded, variables
 of at most `max_variable_values` values nested at most `max_variable_depth` deep, a cost
-within the cost model's limit (query_cost.py), and subscriptions only over WebSocket.
+within the cost model's limit (query_cost.py), subscriptions only over WebSocket, and
+last the client's cost budget pays for it (cost_budget.py).
 Then the alias and depth rules run with validation, whose answer is kept with the
 document (document_cache.py).
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -36,6 +38,8 @@ from starlette.websockets import WebSocket
 from strawberry.extensions import SchemaExtension
 from strawberry.types.graphql import OperationType
 
+from inventory_graphql.api.client_limits import client_of
+from inventory_graphql.api.cost_budget import CostBudget
 from inventory_graphql.api.document_cache import CachedDocument, DocumentCache
 from inventory_graphql.api.query_cost import CostModel
 from inventory_graphql.request_id import current_request_id
@@ -71,11 +75,12 @@ def expanded_field_count(document: DocumentNode) -> int:
     return max((selection_size(op.selection_set, frozenset()) for op in operations), default=0)
 
 
-def variables_refusal(variables: object, max_values: int, max_depth: int) -> str | None:
-    """Why these variables are too big to coerce, if they are: every value counts, lists
-    and objects too, and counting stops at the limit (a 64 KiB list holds 30,000 items)."""
+def variable_values(variables: object, max_values: int, max_depth: int) -> tuple[int, str | None]:
+    """How many values these variables hold (lists and objects count too), and why they
+    are too big to coerce, if they are: counting stops at the limit (a 64 KiB list holds
+    30,000 items)."""
     if not isinstance(variables, dict):
-        return None  # Strawberry refuses what is not an object
+        return 0, None  # Strawberry refuses what is not an object
     counted = 0
     pending: list[Iterator[object]] = [iter(variables.values())]
     while pending:
@@ -85,15 +90,17 @@ def variables_refusal(variables: object, max_values: int, max_depth: int) -> str
             continue
         counted += 1
         if counted > max_values:
-            return (
+            return counted, (
                 f"Variables hold more than {max_values} values (each list item and object "
                 f"field counts); the limit is {max_values}."
             )
         if isinstance(value, dict | list):
             if len(pending) >= max_depth:
-                return f"Variables nest deeper than {max_depth} levels; the limit is {max_depth}."
+                return counted, (
+                    f"Variables nest deeper than {max_depth} levels; the limit is {max_depth}."
+                )
             pending.append(iter(value.values() if isinstance(value, dict) else value))
-    return None
+    return counted, None
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,7 @@ class RequestGuards(SchemaExtension):
         super().__init__()
         self.guards = guards
         self.entry: CachedDocument | None = None
+        self.charged = False  # to the client's cost budget
 
     def on_operation(self) -> Iterator[None]:
         context = self.execution_context
@@ -215,11 +223,13 @@ class RequestGuards(SchemaExtension):
                 f"the limit is {limits.max_fields}.",
                 extensions={"code": "QUERY_TOO_COMPLEX"},
             )
-        if problem := variables_refusal(
+        values, problem = variable_values(
             context.variables, limits.max_variable_values, limits.max_variable_depth
-        ):
+        )
+        if problem:
             return GraphQLError(problem, extensions={"code": "VARIABLES_TOO_LARGE"})
-        if refusal := self._cost_refusal(entry):
+        cost, refusal = self._priced(entry)
+        if refusal:
             return refusal
         # Strawberry would run a subscription sent over plain HTTP as if it were a query.
         if self._operation_type() is OperationType.SUBSCRIPTION and not isinstance(
@@ -229,12 +239,42 @@ class RequestGuards(SchemaExtension):
                 "Subscriptions are served over WebSocket (graphql-transport-ws) at /graphql.",
                 extensions={"code": "BAD_REQUEST"},
             )
-        return None
+        # Last: an operation refused for what it is spends nothing.
+        return self._over_budget(cost + values)
 
-    def _cost_refusal(self, entry: CachedDocument) -> GraphQLError | None:
+    def _over_budget(self, price: int) -> GraphQLError | None:
+        """The client's cost budget (cost_budget.py) pays for the operation, or refuses."""
+        context = self.execution_context.context
+        budget: CostBudget | None = getattr(context, "cost_budget", None)
+        # Charged once per operation (Strawberry may consult the hooks again per event);
+        # admin callers are operators, not shoppers.
+        if budget is None or self.charged or getattr(context, "is_admin", False):
+            return None
+        self.charged = True
+        request = getattr(context, "request", None)
+        client = client_of(request.scope) if request is not None else ""
+        over = budget.spend(client, price)
+        if over is None:
+            return None
+        response = getattr(context, "response", None)
+        if response is not None:  # HTTP: 429, and when to come back
+            response.status_code = 429
+            response.headers["Retry-After"] = str(math.ceil(over.retry_after))
+        return GraphQLError(
+            over.message,
+            extensions={
+                "code": "RATE_LIMITED",
+                "retriable": True,
+                "retryAfterSeconds": over.retry_after,
+                "price": over.price,
+            },
+        )
+
+    def _priced(self, entry: CachedDocument) -> tuple[int, GraphQLError | None]:
+        """The operation's cost, and the refusal if it is over the limit."""
         model = self.guards.costs
         if model is None:
-            return None
+            return 0, None
         context = self.execution_context
         name = context.operation_name
         if name in entry.costs:
@@ -250,9 +290,9 @@ class RequestGuards(SchemaExtension):
         if (cost is None or cost > model.limit) and context.variables:
             cost = model.cost(entry.document, name, context.variables)  # the values given
         if cost is not None and cost <= model.limit:
-            return None
+            return cost, None
         stated = f"costs {cost}" if cost is not None else f"costs more than {model.limit}"
-        return GraphQLError(
+        return model.limit, GraphQLError(
             f"Query {stated}; the limit is {model.limit}. Each field costs 1 (more if it "
             "reads the database), times the most items of every list it is in: ask for "
             "fewer items (`first`, `skus`) or fewer fields.",

@@ -1,0 +1,119 @@
+"""Per-client cost budgets through a real server: a client looping on expensive
+operations is refused RATE_LIMITED (HTTP 429, Retry-After) and changes nothing, while
+other clients and admin callers go on; it is served again once its budget refills.
+
+Each test is a client of its own: the server trusts 127.0.0.1 as a proxy (uvicorn's
+FORWARDED_ALLOW_IPS default), so an X-Forwarded-For address is the client it counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from inventory_graphql.api.query_cost import costliest_allowed_query
+from inventory_graphql.testing.server import ServerProcess
+from tests.api.queries import RESERVE
+from tests.support.database import ledger, stock
+from tests.support.graphql_http import ADMIN, SERVER_ENV
+
+RATE, BURST = 20_000, 30_000  # the costliest query (~5,000) six times, then four a second
+_addresses = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def budgeted(database_url: str) -> Iterator[ServerProcess]:
+    env = {
+        **SERVER_ENV,
+        "DATABASE_URL": database_url,
+        "INVENTORY_CLIENT_COST_PER_SECOND": str(RATE),
+        "INVENTORY_CLIENT_COST_BURST": str(BURST),
+    }
+    with ServerProcess(env) as server:
+        yield server
+
+
+def client() -> dict[str, str]:
+    return {"X-Forwarded-For": f"10.14.{next(_addresses)}.1"}
+
+
+async def post(
+    server: ServerProcess, document: str, headers: dict[str, str], **variables: Any
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{server.url}/graphql",
+            json={"query": document, "variables": variables},
+            headers=headers,
+        ) as r,
+    ):
+        return r.status, await r.json(), dict(r.headers)
+
+
+def code(body: dict[str, Any]) -> str | None:
+    errors = body.get("errors")
+    return str(errors[0]["extensions"]["code"]) if errors else None
+
+
+async def test_a_client_looping_on_the_costliest_query_is_rate_limited(budgeted, make_product):
+    await make_product(1)
+    attacker, query = client(), costliest_allowed_query()
+    answers = [await post(budgeted, query, attacker) for _ in range(12)]
+    served = [body for status, body, _ in answers if status == 200 and code(body) is None]
+    refused = [(status, body, headers) for status, body, headers in answers if code(body)]
+    # Six fit the burst, and what refilled meanwhile may fit one or two more.
+    assert 6 <= len(served) < 12 and len(served) + len(refused) == 12
+    status, body, headers = refused[0]
+    assert status == 429 and body["data"] is None
+    (error,) = body["errors"]
+    assert error["extensions"]["code"] == "RATE_LIMITED"
+    assert error["extensions"]["retriable"] is True
+    wait = error["extensions"]["retryAfterSeconds"]
+    assert 0 < wait <= 5_000 / RATE + 0.001
+    assert int(headers["Retry-After"]) >= wait
+    assert f"refills {RATE} a second up to {BURST}" in error["message"]
+
+    # Another client, and an admin caller from the same address, are served meanwhile.
+    status, body, _ = await post(budgeted, query, client())
+    assert status == 200 and code(body) is None
+    status, body, _ = await post(budgeted, query, {**attacker, **ADMIN})
+    assert status == 200 and code(body) is None
+
+    # Once its budget has refilled, the client is served again.
+    await asyncio.sleep(wait)
+    status, body, _ = await post(budgeted, query, attacker)
+    assert status == 200 and code(body) is None
+
+
+async def test_a_refused_reserve_holds_nothing(budgeted, db, make_product):
+    """Carts spend the budget by their lines too (a hundred-line cart is ~700 units);
+    what the client is told is what the database holds: a unit per Reservation on each
+    product, nothing per refusal."""
+    skus = [await make_product(1000) for _ in range(100)]
+    cart = [{"sku": sku, "quantity": 1} for sku in skus]
+    shopper = client()
+    answers = await asyncio.gather(
+        *(post(budgeted, RESERVE, shopper, lines=cart) for _ in range(100))
+    )
+    kinds = [
+        body["data"]["reserve"]["__typename"] if body.get("data") else code(body)
+        for _, body, _ in answers
+    ]
+    assert set(kinds) == {"Reservation", "RATE_LIMITED"}, kinds
+    held = kinds.count("Reservation")
+    assert 30 <= held <= 60  # the burst's worth (30,000 / ~700), and what refilled meanwhile
+    refused = [
+        status
+        for (status, _, _), kind in zip(answers, kinds, strict=True)
+        if kind == "RATE_LIMITED"
+    ]
+    assert set(refused) == {429}
+    for sku in skus:
+        assert (await stock(db, sku))["reserved"] == held
+        assert [kind for kind, *_ in await ledger(db, sku)].count("RESERVE") == held
