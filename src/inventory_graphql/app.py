@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from inventory_graphql import garbage_collection
 from inventory_graphql.api.auth import Tokens, bearer, matches
 from inventory_graphql.api.client_limits import ClientLimits, ConnectionCap
-from inventory_graphql.api.cost_budget import CostBudget
+from inventory_graphql.api.cost_budget import BudgetGate, CostBudget
 from inventory_graphql.api.delivery import Renderings
 from inventory_graphql.api.http import graphql_endpoint
 from inventory_graphql.api.schema import build_schema
@@ -225,7 +225,11 @@ def create_app(
     )
     return Starlette(
         routes=[
-            Route("/graphql", graphql, methods=["GET", "POST"]),
+            Route(
+                "/graphql",
+                BudgetGate(graphql, exempt=lambda headers: tokens.is_admin(bearer(headers))),
+                methods=["GET", "POST"],
+            ),
             # Each client's open WebSockets counted, one over its cap refused (429).
             WebSocketRoute("/graphql", ConnectionCap(graphql)),
             Route("/livez", livez),

@@ -71,3 +71,19 @@ def test_full_buckets_are_forgotten_and_entries_are_bounded() -> None:
     assert budget.spend("10.0.0.199", 500) is None and budget.spend("10.0.0.199", 1) is not None
     clock.now += 10  # every bucket is full again: forgotten, as a new client would be
     assert budget.clients == 0
+
+
+def test_after_a_refusal_the_client_waits_for_what_it_wanted() -> None:
+    clock = Clock()
+    budget = CostBudget(rate=100, burst=1000, clock=clock)
+    assert budget.wait("a") == 0  # nothing refused: nothing to wait for
+    assert budget.spend("a", 1000) is None
+    assert budget.wait("a") == 0
+    assert budget.spend("a", 300) is not None
+    assert budget.wait("a") == 3  # until 300 units are back
+    clock.now += 1
+    assert budget.wait("a") == 2
+    clock.now += 2
+    assert budget.wait("a") == 0
+    assert budget.spend("a", 300) is None
+    assert budget.wait("a") == 0  # spent: what it wanted is forgotten

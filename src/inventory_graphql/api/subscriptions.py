@@ -21,6 +21,7 @@ from inventory_graphql.inventory.models import StockLevel
 from inventory_graphql.state import app_state
 
 MAX_SKUS = 100
+PACE_SECONDS = 1.0  # the longest a refusal for going too fast is held back
 
 
 @strawberry.type
@@ -60,17 +61,22 @@ class Subscription:
             raise bad_input(f"skus: give 1 to {MAX_SKUS} skus")
         if malformed := [sku for sku in wanted if validation.check_sku(sku)]:
             raise bad_input(f"skus: malformed {', '.join(malformed[:10])}")
-        quota = _client_quota(info.context.request)
+        quota = await _client_quota(info.context.request)
         return _updates(info, wanted, quota)
 
 
-def _client_quota(connection: HTTPConnection) -> Lease:
+async def _client_quota(connection: HTTPConnection) -> Lease:
     """This subscription counted against its client's limits, before anything is read;
     refused with a typed error (the connection stays up)."""
     limits = app_state(connection)["client_limits"]
     try:
         quota = limits.subscribe(client_of(connection.scope))
     except LimitReached as refused:
+        # Answered when a retry would be let in (at most a second later; this operation's
+        # own task waits, not the connection): a client looping subscribe/complete as
+        # fast as it is answered is paced by its rate, not by how fast it is refused.
+        if isinstance(wait := refused.extensions.get("retryAfterSeconds"), float | int):
+            await asyncio.sleep(min(wait, PACE_SECONDS))
         raise GraphQLError(refused.message, extensions=refused.extensions) from None
     # The stream gives the quota back when it ends (at once on `complete`, so the client
     # may subscribe again right away). The operation's task (graphql-transport-ws runs one
