@@ -39,7 +39,7 @@ from strawberry.extensions import SchemaExtension
 from strawberry.types.graphql import OperationType
 
 from inventory_graphql.api.client_limits import client_of
-from inventory_graphql.api.cost_budget import CostBudget
+from inventory_graphql.api.cost_budget import HOLD_SECONDS, CostBudget
 from inventory_graphql.api.document_cache import CachedDocument, DocumentCache
 from inventory_graphql.api.query_cost import CostModel
 from inventory_graphql.request_id import current_request_id
@@ -136,6 +136,7 @@ class RequestGuards(SchemaExtension):
         self.guards = guards
         self.entry: CachedDocument | None = None
         self.charged = False  # to the client's cost budget
+        self.pause = 0.0  # seconds to hold back a RATE_LIMITED answer
 
     def on_operation(self) -> Iterator[None]:
         context = self.execution_context
@@ -160,9 +161,16 @@ class RequestGuards(SchemaExtension):
         self.entry = entry
         yield
 
-    def on_validate(self) -> Iterator[None]:
+    async def on_validate(self) -> AsyncIterator[None]:
         context = self.execution_context
         if refusal := self._refusal():
+            if self.pause:
+                # Refused for spending too fast: answered when a retry would be let in
+                # (at most HOLD_SECONDS; only this operation waits), so a client looping
+                # on refusals (subscribe/complete over a WebSocket, say) is paced by its
+                # budget, not by how fast it can be refused. (HTTP requests are also
+                # held at the door: cost_budget.BudgetGate.)
+                await asyncio.sleep(self.pause)
             context.pre_execution_errors = [refusal]
             yield
             return
@@ -256,6 +264,7 @@ class RequestGuards(SchemaExtension):
         over = budget.spend(client, price)
         if over is None:
             return None
+        self.pause = min(over.retry_after, HOLD_SECONDS)
         response = getattr(context, "response", None)
         if response is not None:  # HTTP: 429, and when to come back
             response.status_code = 429
