@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from http.client import HTTPConnection
 
+import aiohttp
 import psutil
 import pytest
 
@@ -420,3 +421,35 @@ async def test_the_limits_apply_with_several_workers_too(database_url, tmp_path)
         async with connection(server, ATTACKER) as (reader, writer):
             writer.write(b"GET /livez HTTP/1.1\r\n")
             assert status(await until_closed(reader, 1 + SLACK)) == 408
+
+
+# Big WebSocket messages
+
+
+async def test_200_kb_websocket_messages_are_closed_1009_while_others_are_served(
+    limited, make_product
+):
+    """Each socket sending one 200 KB message (uvicorn allowed 16 MiB; one 15 MB message
+    froze the event loop for seconds) is closed with 1009 before it is parsed, while
+    /livez and a reserve from another address keep answering and the server stays small."""
+    sku = await make_product(1000)
+    big = json.dumps({"type": "connection_init", "payload": {"x": "y" * 200_000}})
+
+    async def send_big(session: aiohttp.ClientSession) -> int | None:
+        ws = await session.ws_connect(
+            f"ws://127.0.0.1:{limited.port}/graphql", protocols=["graphql-transport-ws"]
+        )
+        await ws.send_str(big)
+        async with asyncio.timeout(SLACK):
+            await ws.receive()  # the close frame
+        return ws.close_code
+
+    before = rss(limited)
+    connector = aiohttp.TCPConnector(limit=0, local_addr=(ATTACKER, 0))
+    with PeakRss(limited) as memory, Shopper(limited, sku) as shopper:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            codes = await asyncio.gather(*(send_big(session) for _ in range(100)))
+    assert set(codes) == {1009}
+    assert shopper.failures == []
+    assert shopper.served >= 1
+    assert memory.peak - before < 40 * MB, (before, memory.peak)
