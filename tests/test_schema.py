@@ -18,8 +18,9 @@ def test_public_contract_names_are_present():
     for line in (
         "reserve(lines: [ReserveLineInput!]!, ttlSeconds: Int, idempotencyKey: String): "
         "ReserveResult!",
-        "confirm(id: ID!): ResolveResult!",
-        "release(id: ID!): ResolveResult!",
+        "confirm(id: ID!, lines: [ReserveLineInput!]): ResolveResult!",
+        "release(id: ID!, lines: [ReserveLineInput!]): ResolveResult!",
+        "extendReservation(id: ID!, ttlSeconds: Int!): ExtendResult!",
         "createProduct(sku: String!, name: String!, quantity: Int!): ProductResult!",
         "adjustStock(sku: String!, delta: Int!, reason: String!): ProductResult!",
         "product(sku: String!): Product",
@@ -27,7 +28,14 @@ def test_public_contract_names_are_present():
         "reservation(id: ID!): Reservation",
         "union ReserveResult = Reservation | InsufficientStock | ProductNotFound | InvalidInput | "
         "IdempotencyKeyReused",
-        "union ResolveResult = Reservation | ReservationNotFound | ReservationNotPending",
+        "union ResolveResult = Reservation | ReservationNotFound | ReservationNotPending | "
+        "InvalidInput",
+        "union ExtendResult = Reservation | ReservationNotFound | ReservationNotPending | "
+        "HoldLimitReached | InvalidInput",
+        "type HoldLimitReached implements Problem {\n  message: String!\n  id: ID!\n"
+        "  maxExpiresAt: DateTime!\n}",
+        "confirmedQuantity: Int!",
+        "releasedQuantity: Int!",
         "union ProductResult = Product | ProductNotFound | ProductExists | InvalidInput",
     ):
         assert line in sdl

@@ -101,6 +101,8 @@ class Settings:
         "INVENTORY_DATA_DIR", Path(platformdirs.user_data_dir("inventory-graphql")), Path
     )
     hold_ttl_seconds: int = _setting("INVENTORY_HOLD_TTL_SECONDS", 600, _integer(1, 86_400))
+    # The longest a hold may live from its creation, however often it is extended.
+    max_hold_seconds: int = _setting("INVENTORY_MAX_HOLD_SECONDS", 1800, _integer(1, 86_400))
     pool_size: int = _setting("INVENTORY_DB_POOL_SIZE", 8, _integer(1, 1000))
     sweep_interval_seconds: float = _setting(
         "INVENTORY_SWEEP_INTERVAL_SECONDS", 0.5, _number(0, above=True)

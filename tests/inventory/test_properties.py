@@ -184,7 +184,15 @@ class Hold:
         return Reservation(
             id=self.id,
             status=self.status,
-            lines=tuple(ReservationLine(sku, n) for sku, n in sorted(self.lines.items())),
+            lines=tuple(
+                ReservationLine(
+                    sku,
+                    n,
+                    confirmed=n if self.status is CONFIRMED else 0,
+                    released=n if self.status in (RELEASED, EXPIRED) else 0,
+                )
+                for sku, n in sorted(self.lines.items())
+            ),
             created_at=self.created_at,
             expires_at=self.expires_at,
             resolved_at=self.resolved_at,

@@ -8,6 +8,7 @@ does not answer fails the type check, not a request at run time.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, assert_never
 
 import strawberry
@@ -59,13 +60,23 @@ class ReservationNotPending(Problem):
     status: ReservationStatus
 
 
+@strawberry.type
+class HoldLimitReached(Problem):
+    id: strawberry.ID
+    max_expires_at: datetime
+
+
 ReserveResult = Annotated[
     Reservation | InsufficientStock | ProductNotFound | InvalidInput | IdempotencyKeyReused,
     strawberry.union("ReserveResult"),
 ]
 ResolveResult = Annotated[
-    Reservation | ReservationNotFound | ReservationNotPending,
+    Reservation | ReservationNotFound | ReservationNotPending | InvalidInput,
     strawberry.union("ResolveResult"),
+]
+ExtendResult = Annotated[
+    Reservation | ReservationNotFound | ReservationNotPending | HoldLimitReached | InvalidInput,
+    strawberry.union("ExtendResult"),
 ]
 ProductResult = Annotated[
     Product | ProductNotFound | ProductExists | InvalidInput,
@@ -114,8 +125,22 @@ def resolve_result(outcome: models.ResolveOutcome) -> ResolveResult:
             return ReservationNotPending(
                 message=outcome.message, id=strawberry.ID(outcome.id), status=outcome.status
             )
+        case models.InvalidInput():
+            return _invalid_input(outcome)
         case _:
             assert_never(outcome)
+
+
+def extend_result(outcome: models.ExtendOutcome) -> ExtendResult:
+    match outcome:
+        case models.HoldLimitReached():
+            return HoldLimitReached(
+                message=outcome.message,
+                id=strawberry.ID(outcome.id),
+                max_expires_at=outcome.max_expires_at,
+            )
+        case _:
+            return resolve_result(outcome)
 
 
 def product_result(outcome: models.ProductOutcome) -> ProductResult:

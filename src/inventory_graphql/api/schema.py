@@ -23,9 +23,11 @@ from inventory_graphql.api.errors import ErrorPolicy, bad_input
 from inventory_graphql.api.internals import Executor
 from inventory_graphql.api.observability import OperationMetrics
 from inventory_graphql.api.outcomes import (
+    ExtendResult,
     ProductResult,
     ReserveResult,
     ResolveResult,
+    extend_result,
     product_result,
     reserve_result,
     resolve_result,
@@ -74,12 +76,18 @@ PRICES = {
     ("Mutation", "reserve"): Price(each=READ),
     ("Mutation", "confirm"): Price(each=READ),
     ("Mutation", "release"): Price(each=READ),
+    ("Mutation", "extendReservation"): Price(each=READ),
     ("Mutation", "createProduct"): Price(each=READ),
     ("Mutation", "adjustStock"): Price(each=READ),
     # A stream: its first results, one per sku, are read together.
     ("Subscription", "availability"): Price(each=READ, most=MAX_SKUS, bounded_by=("skus",)),
 }
 T = TypeVar("T")
+
+
+def _line_requests(lines: list[ReserveLineInput] | None) -> list[LineRequest] | None:
+    given = _given(lines)
+    return None if given is None else [LineRequest(line.sku, line.quantity) for line in given]
 
 
 def _given(value: T | None) -> T | None:
@@ -137,13 +145,32 @@ class Mutation:
             info.context.metrics.reservations.labels(type(outcome).__name__).inc()
         return reserve_result(outcome)
 
-    @fields.mutation(description="Payment succeeded: the held units leave the stock.")
-    async def confirm(self, info: Info, id: strawberry.ID) -> ResolveResult:
-        return resolve_result(await info.context.service.confirm(id))
+    @fields.mutation(
+        description="Payment succeeded: the held units leave the stock. With `lines`, only "
+        "those units do, and every other held unit returns, in one step."
+    )
+    async def confirm(
+        self, info: Info, id: strawberry.ID, lines: list[ReserveLineInput] | None = UNSET
+    ) -> ResolveResult:
+        return resolve_result(await info.context.service.confirm(id, _line_requests(lines)))
 
-    @fields.mutation(description="Payment failed: the held units return to the stock.")
-    async def release(self, info: Info, id: strawberry.ID) -> ResolveResult:
-        return resolve_result(await info.context.service.release(id))
+    @fields.mutation(
+        description="Payment failed: the held units return to the stock. With `lines`, only "
+        "those units do; the hold stays PENDING while it holds any unit."
+    )
+    async def release(
+        self, info: Info, id: strawberry.ID, lines: list[ReserveLineInput] | None = UNSET
+    ) -> ResolveResult:
+        return resolve_result(await info.context.service.release(id, _line_requests(lines)))
+
+    @fields.mutation(
+        description="Hold until at least `ttlSeconds` (1-3600) from now; a hold lives at most "
+        "INVENTORY_MAX_HOLD_SECONDS from its creation (past it: HoldLimitReached)."
+    )
+    async def extend_reservation(
+        self, info: Info, id: strawberry.ID, ttl_seconds: int
+    ) -> ExtendResult:
+        return extend_result(await info.context.service.extend(id, ttl_seconds))
 
     @fields.mutation(
         description="Add a product with its initial stock. Needs the admin token.",

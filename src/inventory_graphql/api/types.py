@@ -40,7 +40,12 @@ class Product:
 @strawberry.type
 class ReservationLine:
     sku: str
-    quantity: int
+    quantity: int = strawberry.field(description="Units reserved by the request.")
+    confirmed_quantity: int = strawberry.field(description="Units bought.")
+    released_quantity: int = strawberry.field(
+        description="Units given back: by partial release, the rest of a partial confirm, "
+        "release or expiry. While PENDING, held units = quantity - releasedQuantity."
+    )
 
     @strawberry.field
     async def product(self, info: strawberry.Info[Context, None]) -> Product:
@@ -65,7 +70,13 @@ class Reservation:
             id=strawberry.ID(reservation.id),
             status=reservation.status,
             lines=[
-                ReservationLine(sku=line.sku, quantity=line.quantity) for line in reservation.lines
+                ReservationLine(
+                    sku=line.sku,
+                    quantity=line.quantity,
+                    confirmed_quantity=line.confirmed,
+                    released_quantity=line.released,
+                )
+                for line in reservation.lines
             ],
             created_at=reservation.created_at,
             expires_at=reservation.expires_at,

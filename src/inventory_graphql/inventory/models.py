@@ -71,7 +71,13 @@ class LineRequest:
 @dataclass(frozen=True)
 class ReservationLine:
     sku: str
-    quantity: int
+    quantity: int  # reserved by the request
+    confirmed: int = 0  # bought
+    released: int = 0  # given back: partly, by release, or by expiry
+
+    @property
+    def held(self) -> int:
+        return self.quantity - self.confirmed - self.released
 
 
 @dataclass(frozen=True)
@@ -154,8 +160,21 @@ class ReservationNotPending:
         return f"Reservation {self.id} is {self.status.value}, not PENDING."
 
 
+@dataclass(frozen=True)
+class HoldLimitReached:
+    id: str
+    max_expires_at: datetime
+
+    @property
+    def message(self) -> str:
+        return f"Reservation {self.id} cannot be held past {self.max_expires_at.isoformat()}."
+
+
 ReserveOutcome = (
     Reservation | InsufficientStock | ProductNotFound | InvalidInput | IdempotencyKeyReused
 )
-ResolveOutcome = Reservation | ReservationNotFound | ReservationNotPending
+ResolveOutcome = Reservation | ReservationNotFound | ReservationNotPending | InvalidInput
+ExtendOutcome = (
+    Reservation | ReservationNotFound | ReservationNotPending | HoldLimitReached | InvalidInput
+)
 ProductOutcome = Product | ProductNotFound | ProductExists | InvalidInput

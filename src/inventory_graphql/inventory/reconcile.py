@@ -12,8 +12,8 @@ WITH moved AS (
     SELECT product_id, sum(quantity_delta) AS quantity, sum(reserved_delta) AS reserved
     FROM stock_movement GROUP BY product_id
 ), held AS (
-    -- What the pending holds say each product's reserved is.
-    SELECT l.product_id, sum(l.quantity) AS reserved
+    -- What the pending holds say each product's reserved is: the units they still hold.
+    SELECT l.product_id, sum(l.quantity - l.confirmed - l.released) AS reserved
     FROM reservation_line l JOIN reservation r ON r.id = l.reservation_id
     WHERE r.status = 'PENDING' GROUP BY l.product_id
 )
@@ -44,27 +44,38 @@ SELECT count(*) FROM reservation
 WHERE status = 'PENDING' AND expires_at < now() - make_interval(secs => $1)
 """
 
-# Every hold ends exactly once: one RESERVE row per line, and one closing row per line
-# exactly when the hold has left PENDING, of the kind its status says.
+# Per line of every hold, the ledger agrees with the line: one RESERVE row of what was
+# reserved; CONFIRM rows (shipping as much as they unreserve) summing to what was
+# confirmed; RELEASE and EXPIRE rows summing to what was released; so confirmed +
+# released + held = reserved. And the status agrees with the units: a PENDING hold holds
+# some and has confirmed none; an ended one holds none; only a CONFIRMED one confirmed
+# any, only an EXPIRED one has EXPIRE rows.
 MISRESOLVED_HOLDS = """
-WITH closing (status, kind) AS (
-    -- The ledger row that must close a hold of each final status.
-    VALUES ('CONFIRMED'::reservation_status, 'CONFIRM'::movement_kind),
-           ('RELEASED', 'RELEASE'), ('EXPIRED', 'EXPIRE')
-), per_line AS (
-    -- Per line of every hold: its RESERVE rows, its closing rows, and those that match.
-    SELECT r.id, r.status, l.product_id,
+WITH per_line AS (
+    SELECT r.id, r.status, l.product_id, l.quantity, l.confirmed, l.released,
+           l.quantity - l.confirmed - l.released AS held,
            count(m.id) FILTER (WHERE m.kind = 'RESERVE') AS reserves,
-           count(m.id) FILTER (WHERE m.kind <> 'RESERVE') AS closes,
-           count(m.id) FILTER (WHERE m.kind = c.kind) AS matching
+           coalesce(sum(m.reserved_delta) FILTER (WHERE m.kind = 'RESERVE'), 0) AS reserved_rows,
+           coalesce(-sum(m.reserved_delta) FILTER (WHERE m.kind = 'CONFIRM'), 0) AS confirmed_rows,
+           coalesce(-sum(m.quantity_delta) FILTER (WHERE m.kind = 'CONFIRM'), 0) AS shipped_rows,
+           coalesce(-sum(m.reserved_delta) FILTER (WHERE m.kind IN ('RELEASE', 'EXPIRE')), 0)
+               AS released_rows,
+           coalesce(sum(m.quantity_delta) FILTER (WHERE m.kind <> 'CONFIRM'), 0) AS other_shipped,
+           count(m.id) FILTER (WHERE m.kind = 'EXPIRE') AS expires
     FROM reservation r
     JOIN reservation_line l ON l.reservation_id = r.id
-    LEFT JOIN closing c ON c.status = r.status
     LEFT JOIN stock_movement m ON m.reservation_id = r.id AND m.product_id = l.product_id
-    GROUP BY r.id, r.status, l.product_id
+    GROUP BY r.id, r.status, l.product_id, l.quantity, l.confirmed, l.released
+), per_hold AS (
+    SELECT *, sum(held) OVER (PARTITION BY id) AS hold_held FROM per_line
 )
-SELECT * FROM per_line
-WHERE reserves <> 1 OR closes <> (status <> 'PENDING')::int OR matching <> closes
+SELECT * FROM per_hold
+WHERE reserves <> 1 OR reserved_rows <> quantity OR confirmed_rows <> confirmed
+   OR shipped_rows <> confirmed OR released_rows <> released OR other_shipped <> 0
+   OR (status = 'PENDING' AND (confirmed <> 0 OR hold_held = 0))
+   OR (status <> 'PENDING' AND held <> 0)
+   OR (status <> 'CONFIRMED' AND confirmed <> 0)
+   OR (status <> 'EXPIRED' AND expires <> 0)
 LIMIT 100
 """
 
@@ -105,7 +116,9 @@ async def reconcile(conn: Connection, overdue_grace_seconds: float) -> Report:
             )
         for r in await conn.fetch(MISRESOLVED_HOLDS):
             report.problems.append(
-                f"hold {r['id']} ({r['status']}): {r['reserves']} reserve and "
-                f"{r['closes']} closing ledger rows for product {r['product_id']}"
+                f"hold {r['id']} ({r['status']}), product {r['product_id']}: reserved "
+                f"{r['quantity']} (ledger {r['reserved_rows']} in {r['reserves']} rows), "
+                f"confirmed {r['confirmed']} (ledger {r['confirmed_rows']}), "
+                f"released {r['released']} (ledger {r['released_rows']}), held {r['held']}"
             )
     return report

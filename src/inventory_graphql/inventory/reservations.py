@@ -17,8 +17,11 @@ from inventory_graphql.database import Connection
 from inventory_graphql.inventory import validation
 from inventory_graphql.inventory.errors import Busy
 from inventory_graphql.inventory.models import (
+    ExtendOutcome,
+    HoldLimitReached,
     IdempotencyKeyReused,
     InsufficientStock,
+    InvalidInput,
     LineRequest,
     ProductNotFound,
     Reservation,
@@ -93,7 +96,9 @@ WHERE id = any($1::uuid[]) AND status <> 'VOID'
 RESERVATION = """
 SELECT r.id, r.status, r.created_at, r.expires_at, r.resolved_at,
        array_agg(p.sku ORDER BY p.sku) AS skus,
-       array_agg(l.quantity ORDER BY p.sku) AS quantities
+       array_agg(l.quantity ORDER BY p.sku) AS quantities,
+       array_agg(l.confirmed ORDER BY p.sku) AS confirmed,
+       array_agg(l.released ORDER BY p.sku) AS released
 FROM reservation r
 JOIN reservation_line l ON l.reservation_id = r.id
 JOIN product p ON p.id = l.product_id
@@ -168,13 +173,22 @@ ORDER BY p.sku
 FOR UPDATE
 """
 
-# Give back (or, on confirm, also ship) the held units of resolved reservations: one
-# ledger row per line, one update per product.
+# Give back (or, on confirm, also ship) the units still held by resolved reservations:
+# one ledger row per line that still holds any, one update per product.
 SETTLE = """
 WITH line AS (
-    -- The lines of the holds that have just left PENDING (their products are locked).
-    SELECT reservation_id, product_id, quantity FROM reservation_line
-    WHERE reservation_id = any($1::uuid[])
+    -- The lines of the holds that have just left PENDING (their products are locked),
+    -- with what they still hold after any partial release.
+    SELECT reservation_id, product_id, quantity - confirmed - released AS quantity
+    FROM reservation_line
+    WHERE reservation_id = any($1::uuid[]) AND quantity - confirmed - released > 0
+), closed AS (
+    -- The lines record where their units went.
+    UPDATE reservation_line l
+    SET confirmed = l.confirmed + CASE WHEN $3 THEN line.quantity ELSE 0 END,
+        released = l.released + CASE WHEN $3 THEN 0 ELSE line.quantity END
+    FROM line
+    WHERE l.reservation_id = line.reservation_id AND l.product_id = line.product_id
 ), movement AS (
     -- One closing ledger row per line; a confirm also takes the units off the stock.
     INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reservation_id)
@@ -204,6 +218,60 @@ async def settle(conn: Connection, ids: Sequence[uuid.UUID], status: Reservation
     """Apply the stock side of holds that have just left PENDING for `status`."""
     await conn.execute(LOCK_PRODUCTS_OF, ids)
     await conn.execute(SETTLE, ids, _MOVEMENT_OF[status], status is ReservationStatus.CONFIRMED)
+
+
+# Hold control (extend, partial confirm and release) first locks the hold's row: every
+# change to a hold's lines or expiry happens under it, so callers racing on one hold take
+# turns, and each sees what the one before it left. The sweeper skips locked holds.
+LOCK_HOLD = """
+SELECT status::text AS status, expires_at > now() AS live,
+       created_at + make_interval(secs => $2) AS max_expires_at,
+       now() + make_interval(secs => $3) <= created_at + make_interval(secs => $2) AS within_cap
+FROM reservation WHERE id = $1
+FOR UPDATE
+"""
+
+EXTEND = """
+UPDATE reservation SET expires_at = greatest(expires_at, now() + make_interval(secs => $2))
+WHERE id = $1
+"""
+
+HELD_LINES = """
+SELECT p.sku, l.quantity - l.confirmed - l.released AS held
+FROM reservation_line l JOIN product p ON p.id = l.product_id
+WHERE l.reservation_id = $1
+"""
+
+# Part of a hold leaves it: shipped (confirm) or given back (release). One ledger row per
+# line named, one update per product. The line's CHECK refuses more than it holds.
+PART = """
+WITH part AS (
+    SELECT p.id AS product_id, w.quantity
+    FROM unnest($2::text[], $3::int[]) AS w(sku, quantity) JOIN product p ON p.sku = w.sku
+), line AS (
+    UPDATE reservation_line l
+    SET confirmed = l.confirmed + CASE WHEN $4 THEN part.quantity ELSE 0 END,
+        released = l.released + CASE WHEN $4 THEN 0 ELSE part.quantity END
+    FROM part
+    WHERE l.reservation_id = $1 AND l.product_id = part.product_id
+    RETURNING l.product_id, part.quantity
+), movement AS (
+    INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reservation_id)
+    SELECT product_id, $5::movement_kind, CASE WHEN $4 THEN -quantity ELSE 0 END, -quantity, $1
+    FROM line
+)
+UPDATE product p
+SET quantity = p.quantity - CASE WHEN $4 THEN line.quantity ELSE 0 END,
+    reserved = p.reserved - line.quantity,
+    updated_at = now()
+FROM line
+WHERE p.id = line.product_id
+"""
+
+END = """
+UPDATE reservation SET status = $2::reservation_status, resolved_at = now()
+WHERE id = $1 AND status = 'PENDING'
+"""
 
 
 Refusal = ProductNotFound | InsufficientStock
@@ -301,8 +369,10 @@ def _reservation_from_row(row: asyncpg.Record) -> Reservation:
         id=str(row["id"]),
         status=ReservationStatus(row["status"]),
         lines=tuple(
-            ReservationLine(sku, quantity)
-            for sku, quantity in zip(row["skus"], row["quantities"], strict=True)
+            ReservationLine(sku, quantity, confirmed, released)
+            for sku, quantity, confirmed, released in zip(
+                row["skus"], row["quantities"], row["confirmed"], row["released"], strict=True
+            )
         ),
         created_at=row["created_at"],
         expires_at=row["expires_at"],
@@ -420,6 +490,130 @@ class Reservations:
         ):
             return reservation  # done now, or by an earlier call: retrying is safe
         return ReservationNotPending(reservation.id, reservation.status)
+
+    async def extend(
+        self, reservation_id: str, ttl_seconds: int, max_hold_seconds: int
+    ) -> ExtendOutcome:
+        """Hold until at least `ttl_seconds` from now, never past `max_hold_seconds` from
+        the hold's creation (then HoldLimitReached, and nothing changes)."""
+        rid = validation.parse_reservation_id(reservation_id)
+        if rid is None:
+            return ReservationNotFound(reservation_id)
+
+        async def extend(conn: Connection) -> ExtendOutcome:
+            hold = await conn.fetchrow(LOCK_HOLD, rid, float(max_hold_seconds), float(ttl_seconds))
+            if ended := await self._ended(conn, rid, reservation_id, hold):
+                return ended
+            assert hold is not None, "_ended answers for a missing hold"
+            if not hold["within_cap"]:
+                return HoldLimitReached(reservation_id, hold["max_expires_at"])
+            await conn.execute(EXTEND, rid, float(ttl_seconds))
+            return await self._read(conn, rid)
+
+        return await in_transaction(self._pool, extend)
+
+    async def confirm_part(
+        self, reservation_id: str, lines: Sequence[LineRequest]
+    ) -> ResolveOutcome:
+        """Ship these units of the hold and give back every other unit it holds."""
+        return await self._part(reservation_id, lines, ReservationStatus.CONFIRMED)
+
+    async def release_part(
+        self, reservation_id: str, lines: Sequence[LineRequest]
+    ) -> ResolveOutcome:
+        """Give back these units; the hold ends (RELEASED) once it holds none."""
+        return await self._part(reservation_id, lines, ReservationStatus.RELEASED)
+
+    async def _part(
+        self, reservation_id: str, lines: Sequence[LineRequest], target: ReservationStatus
+    ) -> ResolveOutcome:
+        rid = validation.parse_reservation_id(reservation_id)
+        if rid is None:
+            return ReservationNotFound(reservation_id)
+        confirming = target is ReservationStatus.CONFIRMED
+
+        async def part(conn: Connection) -> ResolveOutcome:
+            hold = await conn.fetchrow(LOCK_HOLD, rid, 0.0, 0.0)
+            if ended := await self._ended(conn, rid, reservation_id, hold):
+                if isinstance(ended, ReservationNotPending):
+                    return await self._repeated(conn, rid, lines, target, ended)
+                return ended
+            held = {r["sku"]: r["held"] for r in await conn.fetch(HELD_LINES, rid)}
+            for i, line in enumerate(lines):
+                if line.sku not in held:
+                    return InvalidInput(f"lines[{i}].sku", f"{line.sku} is not in this hold")
+                if line.quantity > held[line.sku]:
+                    return InvalidInput(
+                        f"lines[{i}].quantity", f"{held[line.sku]} of {line.sku} held"
+                    )
+            await conn.execute(LOCK_PRODUCTS_OF, [rid])
+            await conn.execute(
+                PART,
+                rid,
+                [line.sku for line in lines],
+                [line.quantity for line in lines],
+                confirming,
+                "CONFIRM" if confirming else "RELEASE",
+            )
+            if confirming:
+                # The rest of the hold goes back in the same transaction.
+                await conn.execute(END, rid, ReservationStatus.CONFIRMED.value)
+                await settle(conn, [rid], ReservationStatus.RELEASED)
+            elif sum(held.values()) == sum(line.quantity for line in lines):
+                await conn.execute(END, rid, ReservationStatus.RELEASED.value)
+            return await self._read(conn, rid)
+
+        return await in_transaction(self._pool, part)
+
+    async def _ended(
+        self,
+        conn: Connection,
+        rid: uuid.UUID,
+        reservation_id: str,
+        hold: asyncpg.Record | None,
+    ) -> ReservationNotFound | ReservationNotPending | None:
+        """Why a locked hold cannot change, if it cannot. A hold found past its expiry is
+        expired here, by whoever finds it (as the sweeper would)."""
+        if hold is None or hold["status"] == "VOID":
+            return ReservationNotFound(reservation_id)
+        if hold["status"] != ReservationStatus.PENDING.value:
+            return ReservationNotPending(reservation_id, ReservationStatus(hold["status"]))
+        if not hold["live"]:
+            await conn.execute(EXPIRE, [rid])
+            await settle(conn, [rid], ReservationStatus.EXPIRED)
+            return ReservationNotPending(reservation_id, ReservationStatus.EXPIRED)
+        return None
+
+    async def _repeated(
+        self,
+        conn: Connection,
+        rid: uuid.UUID,
+        lines: Sequence[LineRequest],
+        target: ReservationStatus,
+        ended: ReservationNotPending,
+    ) -> ResolveOutcome:
+        """A partial confirm or release of an ended hold: a retry of the call that ended it
+        answers the hold as it is (as full ones do); anything else, ReservationNotPending."""
+        hold = await self._read(conn, rid)
+        if target is ReservationStatus.RELEASED and ended.status in (
+            ReservationStatus.RELEASED,
+            ReservationStatus.EXPIRED,
+        ):
+            return hold
+        confirmed = {line.sku: line.confirmed for line in hold.lines}
+        asked = {line.sku: line.quantity for line in lines}
+        if (
+            ended.status is target
+            and set(asked) <= set(confirmed)
+            and all(confirmed[sku] == asked.get(sku, 0) for sku in confirmed)
+        ):
+            return hold
+        return ended
+
+    async def _read(self, conn: Connection, rid: uuid.UUID) -> Reservation:
+        row = await conn.fetchrow(RESERVATION, rid)
+        assert row is not None, "a locked hold with lines exists"
+        return _reservation_from_row(row)
 
     async def expire_due(
         self, limit: int, skip_products: Sequence[int] = (), wait_for: int | None = None

@@ -22,6 +22,7 @@ from inventory_graphql.inventory.contention import Contention
 from inventory_graphql.inventory.errors import Busy
 from inventory_graphql.inventory.give_back import GiveBack
 from inventory_graphql.inventory.models import (
+    ExtendOutcome,
     LineRequest,
     Product,
     ProductOutcome,
@@ -150,13 +151,35 @@ class InventoryService:
                 raise Busy("no answer within the deadline; nothing is held") from None
             raise
 
-    async def confirm(self, reservation_id: str) -> ResolveOutcome:
-        """Payment went through: the held units leave the stock."""
-        return await self._reservations.confirm(reservation_id)
+    async def confirm(
+        self, reservation_id: str, lines: Sequence[LineRequest] | None = None
+    ) -> ResolveOutcome:
+        """Payment went through: the held units leave the stock. With `lines`, only
+        those units do; every other held unit returns, in the same transaction."""
+        if lines is None:
+            return await self._reservations.confirm(reservation_id)
+        if invalid := validation.check_part(lines):
+            return invalid
+        return await self._reservations.confirm_part(reservation_id, lines)
 
-    async def release(self, reservation_id: str) -> ResolveOutcome:
-        """Payment failed or the shopper left: the held units return."""
-        return await self._reservations.release(reservation_id)
+    async def release(
+        self, reservation_id: str, lines: Sequence[LineRequest] | None = None
+    ) -> ResolveOutcome:
+        """Payment failed or the shopper left: the held units return. With `lines`, only
+        those units do; the hold stays PENDING while it holds any."""
+        if lines is None:
+            return await self._reservations.release(reservation_id)
+        if invalid := validation.check_part(lines):
+            return invalid
+        return await self._reservations.release_part(reservation_id, lines)
+
+    async def extend(self, reservation_id: str, ttl_seconds: int) -> ExtendOutcome:
+        """Hold at least `ttl_seconds` more, up to INVENTORY_MAX_HOLD_SECONDS from creation."""
+        if invalid := validation.check_ttl(ttl_seconds):
+            return invalid
+        return await self._reservations.extend(
+            reservation_id, ttl_seconds, self._settings.max_hold_seconds
+        )
 
     async def expire_due(self) -> int:
         """Expire every hold past its time now (the sweeper does this on its interval)."""

@@ -57,6 +57,17 @@ def check_reserve(
     return None
 
 
+def check_ttl(ttl_seconds: int) -> InvalidInput | None:
+    if not TTL_RANGE[0] <= ttl_seconds <= TTL_RANGE[1]:
+        return InvalidInput("ttlSeconds", f"must be {TTL_RANGE[0]} to {TTL_RANGE[1]}")
+    return None
+
+
+def check_part(lines: Sequence[LineRequest]) -> InvalidInput | None:
+    """The lines of a partial confirm or release: as a cart's (each sku once, 1+ units)."""
+    return check_reserve(lines, None, None)
+
+
 def check_new_product(sku: str, name: str, quantity: int) -> InvalidInput | None:
     if error := check_sku(sku):
         return error
