@@ -31,6 +31,7 @@ from inventory_graphql.http_limits import ClientGoneMiddleware
 from inventory_graphql.inventory.service import InventoryService
 from inventory_graphql.live.hub import AvailabilityHub
 from inventory_graphql.live.listener import ReconnectingPostgresBackend
+from inventory_graphql.live.reservation_watch import ReservationHub
 from inventory_graphql.logs import configure_logging
 from inventory_graphql.metrics import Metrics, Reading
 from inventory_graphql.request_id import RequestIdMiddleware
@@ -177,6 +178,7 @@ def create_app(
             listener = ReconnectingPostgresBackend(database_url)
             broadcast = await stack.enter_async_context(Broadcast(backend=listener))
             hub = AvailabilityHub(broadcast, service.products)
+            reservation_hub = ReservationHub(broadcast, service.reservation)
             limits = ClientLimits(
                 connections=settings.max_ws_connections_per_client,
                 subscriptions=settings.max_subscriptions_per_client,
@@ -189,17 +191,20 @@ def create_app(
             metrics.watch(
                 {
                     **_readings(service, hub, listener),
+                    **reservation_hub.readings(),
                     **_client_limit_readings(limits, budget),
                 }
             )
             stack.callback(metrics.unwatch)
             await stack.enter_async_context(service.running())
             await stack.enter_async_context(hub.running())
+            await stack.enter_async_context(reservation_hub.running())
             if on_started is not None:
                 on_started()
             yield AppState(
                 service=service,
                 hub=hub,
+                reservation_hub=reservation_hub,
                 listener=listener,
                 metrics=metrics,
                 renderings=Renderings() if settings.direct_delivery else None,

@@ -12,12 +12,14 @@ from inventory_graphql.api.delivery import Renderings
 from inventory_graphql.inventory.service import InventoryService
 from inventory_graphql.live.hub import AvailabilityHub
 from inventory_graphql.live.listener import ReconnectingPostgresBackend
+from inventory_graphql.live.reservation_watch import ReservationHub
 from inventory_graphql.metrics import Metrics
 
 
 class AppState(TypedDict):
     service: InventoryService
     hub: AvailabilityHub
+    reservation_hub: ReservationHub  # feeds the `reservation` subscriptions
     listener: ReconnectingPostgresBackend
     metrics: Metrics
     # Shared by this process's subscriptions; None when direct delivery is off.

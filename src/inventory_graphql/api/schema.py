@@ -81,6 +81,7 @@ PRICES = {
     ("Mutation", "adjustStock"): Price(each=READ),
     # A stream: its first results, one per sku, are read together.
     ("Subscription", "availability"): Price(each=READ, most=MAX_SKUS, bounded_by=("skus",)),
+    ("Subscription", "reservation"): Price(each=READ),
 }
 T = TypeVar("T")
 

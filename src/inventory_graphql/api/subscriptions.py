@@ -16,8 +16,10 @@ from inventory_graphql.api.context import Context
 from inventory_graphql.api.delivery import Delivery
 from inventory_graphql.api.errors import bad_input
 from inventory_graphql.api.internals import raw_info
+from inventory_graphql.api.types import Reservation
 from inventory_graphql.inventory import validation
 from inventory_graphql.inventory.models import StockLevel
+from inventory_graphql.live.reservation_watch import is_final
 from inventory_graphql.state import app_state
 
 MAX_SKUS = 100
@@ -64,6 +66,24 @@ class Subscription:
         quota = await _client_quota(info.context.request)
         return _updates(info, wanted, quota)
 
+    @fields.subscription(
+        description="A hold's current state, then its state after every change (extension, "
+        "partial confirm or release, confirm, release, expiry); completes after a final "
+        "state (CONFIRMED, RELEASED, EXPIRED). States are read from the database in its "
+        "order; a slow reader may skip one in between, never go back."
+    )
+    async def reservation(
+        self, info: strawberry.Info[Context, None], id: strawberry.ID
+    ) -> AsyncGenerator[Reservation, None]:
+        # As `availability`: what this raises is the protocol's `error` for this operation.
+        rid = validation.parse_reservation_id(id)
+        if rid is None:
+            raise bad_input(f"id: malformed reservation id {id[:100]}")
+        quota = await _client_quota(info.context.request)  # given back however this ends
+        if await info.context.service.reservation(str(rid)) is None:
+            raise bad_input(f"unknown reservation: {rid}")
+        return _hold_states(info, str(rid), quota)
+
 
 async def _client_quota(connection: HTTPConnection) -> Lease:
     """This subscription counted against its client's limits, before anything is read;
@@ -86,6 +106,27 @@ async def _client_quota(connection: HTTPConnection) -> Lease:
     assert task is not None
     task.add_done_callback(lambda _: quota.release())
     return quota
+
+
+async def _hold_states(
+    info: strawberry.Info[Context, None], reservation_id: str, quota: Lease
+) -> AsyncGenerator[Reservation, None]:
+    try:
+        hub = app_state(info.context.request)["reservation_hub"]
+        # The first state comes through the hub's reads, like every later one: one reader
+        # per hold keeps states in the database's order.
+        with hub.watch(reservation_id) as mailbox:
+            last = None
+            while (state := await mailbox.take()) is not None:
+                if state != last:
+                    yield Reservation.from_domain(state)
+                    last = state
+                if is_final(state):
+                    return  # a final state never changes: the stream completes
+            # Gone from the database (removed by hand): nothing more will come.
+            raise bad_input(f"unknown reservation: {reservation_id}")
+    finally:
+        quota.release()
 
 
 async def _updates(

@@ -41,6 +41,9 @@ class ReconnectingPostgresBackend(BroadcastBackend):
         self._conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        # One operation at a time on the connection (asyncpg refuses a second): two hubs
+        # LISTEN at startup while the health check may be pinging.
+        self._busy = asyncio.Lock()
         self.reconnects = 0
 
     @property
@@ -62,13 +65,15 @@ class ReconnectingPostgresBackend(BroadcastBackend):
 
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
-        if self._conn is not None and not self._conn.is_closed():
-            await self._conn.add_listener(channel, self._on_notify)
+        async with self._busy:
+            if self._conn is not None and not self._conn.is_closed():
+                await self._conn.add_listener(channel, self._on_notify)
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
-        if self._conn is not None and not self._conn.is_closed():
-            await self._conn.remove_listener(channel, self._on_notify)
+        async with self._busy:
+            if self._conn is not None and not self._conn.is_closed():
+                await self._conn.remove_listener(channel, self._on_notify)
 
     async def publish(self, channel: str, message: Any) -> None:
         # Publishing is the database's job (triggers call pg_notify inside the writing
@@ -88,9 +93,10 @@ class ReconnectingPostgresBackend(BroadcastBackend):
         )
         self._lost = lost = asyncio.Event()
         conn.add_termination_listener(lambda _: lost.set())
-        for channel in self._channels:
-            await conn.add_listener(channel, self._on_notify)
-        self._conn = conn
+        async with self._busy:  # a channel subscribed meanwhile is in the set or sees conn
+            for channel in list(self._channels):
+                await conn.add_listener(channel, self._on_notify)
+            self._conn = conn
 
     async def _supervise(self) -> None:
         while True:
@@ -120,6 +126,7 @@ class ReconnectingPostgresBackend(BroadcastBackend):
                 return
             try:
                 assert self._conn is not None
-                await asyncio.wait_for(self._conn.execute("SELECT 1"), timeout=2)
+                async with self._busy:
+                    await asyncio.wait_for(self._conn.execute("SELECT 1"), timeout=2)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 return
