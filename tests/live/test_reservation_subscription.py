@@ -28,6 +28,31 @@ subscription Hold($id: ID!) {
 }
 """
 
+HOLD_PARTS = """
+subscription Hold($id: ID!) {
+  reservation(id: $id) {
+    status expiresAt lines { sku quantity confirmedQuantity releasedQuantity }
+  }
+}
+"""
+PART = """
+mutation Part($id: ID!, $lines: [ReserveLineInput!]) {
+  release(id: $id, lines: $lines) { __typename ... on Reservation { status } }
+}
+"""
+BUY = """
+mutation Buy($id: ID!, $lines: [ReserveLineInput!]) {
+  confirm(id: $id, lines: $lines) { __typename ... on Reservation { status } }
+}
+"""
+EXTEND = """
+mutation Extend($id: ID!, $ttl: Int!) {
+  extendReservation(id: $id, ttlSeconds: $ttl) {
+    __typename ... on Reservation { expiresAt }
+  }
+}
+"""
+
 
 @pytest.fixture
 async def session():
@@ -336,38 +361,36 @@ async def test_hold_subscriptions_count_against_the_client_and_give_back_when_th
     assert await metric(session, server, "inventory_watched_holds") == 0
 
 
+async def test_an_extended_hold_expires_at_its_new_time_and_the_page_hears_it(
+    two_servers, own_database, session
+):
+    one, other = two_servers
+    sku = await product(own_database, 1)
+    lines = [{"sku": sku, "quantity": 1}]
+    held = (await post(session, one, RESERVE, lines=lines, ttl=2))["reserve"]
+    ws = await GraphQLWebSocket.connect(session, other.url)
+    try:
+        sub = await ws.subscribe(HOLD, id=held["id"])
+        assert (await state(sub))["expiresAt"] == held["expiresAt"]
+        extended = (await post(session, one, EXTEND, id=held["id"], ttl=3))["extendReservation"]
+        new_expiry = datetime.fromisoformat(extended["expiresAt"]).timestamp()
+        assert new_expiry > datetime.fromisoformat(held["expiresAt"]).timestamp()
+        assert (await state(sub))["expiresAt"] == extended["expiresAt"]
+        final = await state(sub)
+        arrived = time.time()
+        assert final["status"] == "EXPIRED"
+        assert 0 <= arrived - new_expiry < 1.0
+        await completes(sub)
+    finally:
+        await ws.close()
+
+
 async def test_the_hold_database_still_reconciles(own_database, two_servers):
     conn = await asyncpg.connect(own_database)
     try:
         assert (await check(conn)).ok
     finally:
         await conn.close()
-
-
-HOLD_PARTS = """
-subscription Hold($id: ID!) {
-  reservation(id: $id) {
-    status expiresAt lines { sku quantity confirmedQuantity releasedQuantity }
-  }
-}
-"""
-PART = """
-mutation Part($id: ID!, $lines: [ReserveLineInput!]) {
-  release(id: $id, lines: $lines) { __typename ... on Reservation { status } }
-}
-"""
-BUY = """
-mutation Buy($id: ID!, $lines: [ReserveLineInput!]) {
-  confirm(id: $id, lines: $lines) { __typename ... on Reservation { status } }
-}
-"""
-EXTEND = """
-mutation Extend($id: ID!, $ttl: Int!) {
-  extendReservation(id: $id, ttlSeconds: $ttl) {
-    __typename ... on Reservation { expiresAt }
-  }
-}
-"""
 
 
 async def test_each_step_of_a_three_line_checkout_reaches_the_subscriber_in_order(
