@@ -51,7 +51,8 @@ const catalog = new Catalog({
     }
   },
 });
-const checkout = new Checkout(byTestId(page, "checkout"), catalog);
+const socket = new LiveSocket();
+const checkout = new Checkout(byTestId(page, "checkout"), { catalog, socket });
 const productView = new ProductView(byTestId(page, "product-view"), {
   catalog,
   checkout,
@@ -68,7 +69,6 @@ const admin = new AdminPanel(byTestId(page, "admin"), {
   },
 });
 
-const socket = new LiveSocket();
 const feed = new AvailabilityFeed(socket, {
   onUpdate: (update) => catalog.show(update),
   onError: (message) => say(message),

@@ -1,45 +1,64 @@
-// The checkout panel: every hold this page made, with its countdown to expiry, "Pay"
-// (confirm) and "Payment fails" (release).
+// The checkout panel: every hold this page made, followed live through the `reservation`
+// subscription. Each shows a countdown to expiry, "+5 min" (extendReservation), a stepper
+// per line that gives units back (release with lines), "Pay" (confirm: whatever is still
+// held) and "Payment fails" (release).
 
 import { byTestId, describeError, h } from "./dom.js";
 import { request } from "./graphql.js";
-import { CONFIRM, RELEASE } from "./operations.js";
+import { CONFIRM, EXTEND, HOLD, RELEASE } from "./operations.js";
 
 const KEEP_FINISHED = 5; // finished holds stay visible for a while, then make room
+const EXTEND_SECONDS = 300;
 
 const STATUS_TEXT = {
   PENDING: "Held for you until the timer runs out.",
   CONFIRMED: "Paid. The units are yours.",
-  RELEASED: "Payment failed. The units went back on sale.",
+  RELEASED: "Released. The units went back on sale.",
   EXPIRED: "The hold expired. The units went back on sale.",
 };
 
 export class Checkout {
   #list;
   #empty;
-  #holds = []; // {id, status, deadline, duration, el, countdown, bar, message, actions}
+  #socket;
+  #holds = [];
   #ticker = 0;
 
-  constructor(root, catalog) {
+  constructor(root, { catalog, socket }) {
     this.root = root;
     this.#list = byTestId(root, "holds");
     this.#empty = byTestId(root, "checkout-empty");
     this.catalog = catalog;
+    this.#socket = socket;
   }
 
   /** A Reservation just made by this page. */
   add(reservation) {
-    // Count down from the server's own numbers (expiresAt - createdAt) starting now,
-    // rather than comparing expiresAt with this device's clock, which may be off.
-    const duration = Date.parse(reservation.expiresAt) - Date.parse(reservation.createdAt);
-    const hold = { id: reservation.id, deadline: performance.now() + duration, duration };
-    const what = reservation.lines.map((line) => {
-      const name = this.catalog.get(line.sku)?.name ?? line.sku;
-      return `${line.quantity} × ${name}`;
-    });
+    const hold = {
+      id: reservation.id,
+      status: "PENDING",
+      createdAt: Date.parse(reservation.createdAt),
+      expiresAt: Date.parse(reservation.expiresAt),
+      // The countdown runs on the server's numbers (expiresAt - createdAt) from the moment
+      // the hold arrived, never on this device's clock, which may be off.
+      anchor: performance.now(),
+      lines: new Map(),
+      busy: false,
+    };
     hold.countdown = h("span", { class: "countdown", dataset: { testid: "hold-countdown" } });
     hold.bar = h("span", { class: "timer-bar-fill" });
     hold.message = h("p", { class: "hold-status", dataset: { testid: "hold-status" } });
+    hold.reason = h("p", { class: "hold-reason", dataset: { testid: "extend-reason" } });
+    hold.extend = h(
+      "button",
+      {
+        type: "button",
+        class: "hold-extend",
+        dataset: { testid: "extend" },
+        onclick: () => this.#extend(hold),
+      },
+      "+5 min",
+    );
     const button = (testid, label, mutation, className) => {
       const onclick = () => this.#resolve(hold, mutation);
       return h("button", { type: "button", class: className, dataset: { testid }, onclick }, label);
@@ -50,17 +69,25 @@ export class Checkout {
       button("pay", "Pay", CONFIRM, "primary"),
       button("payment-fails", "Payment fails", RELEASE),
     );
+    const lines = h("ul", { class: "hold-lines" });
+    for (const line of reservation.lines) {
+      const entry = this.#line(hold, line);
+      hold.lines.set(line.sku, entry);
+      lines.append(entry.el);
+    }
     hold.el = h(
       "li",
       { class: "hold", dataset: { testid: "hold", holdId: reservation.id } },
-      h("p", { class: "hold-what" }, what.join(", ")),
+      lines,
       h(
         "p",
         { class: "hold-timer" },
         "Expires in ",
         hold.countdown,
         h("span", { class: "timer-bar", "aria-hidden": "true" }, hold.bar),
+        hold.extend,
       ),
+      hold.reason,
       hold.actions,
       hold.message,
     );
@@ -69,41 +96,177 @@ export class Checkout {
     this.#empty.hidden = true;
     delete this.root.dataset.empty; // a phone shows this panel only once it has a hold
     this.#setStatus(hold, "PENDING");
-    this.#tick();
+    this.#render(hold);
+    hold.subscription = this.#socket.subscribe(
+      HOLD,
+      { id: hold.id },
+      {
+        next: ({ reservation }) => {
+          // A final state is the stream's last: the server completes it by itself.
+          if (reservation.status !== "PENDING") hold.subscription = null;
+          this.#apply(hold, reservation);
+        },
+        error: (errors) => {
+          const text = Array.isArray(errors) ? errors.map((e) => e.message).join("; ") : errors;
+          if (hold.status === "PENDING") hold.message.textContent = `No live status: ${text}`;
+        },
+      },
+    );
     this.#ticker ||= setInterval(() => this.#tick(), 250);
   }
 
+  #line(hold, line) {
+    const entry = {
+      sku: line.sku,
+      quantity: line.quantity,
+      confirmed: 0,
+      released: 0,
+      held: h("span", { class: "line-held", dataset: { testid: "line-held" } }),
+      note: h("span", { class: "line-note muted", dataset: { testid: "line-note" } }),
+    };
+    const name = this.catalog.get(line.sku)?.name ?? line.sku;
+    entry.less = h(
+      "button",
+      {
+        type: "button",
+        class: "line-less",
+        dataset: { testid: "release-one" },
+        "aria-label": `Give back one ${name}`,
+        title: "Give back one unit",
+        onclick: () => this.#releaseOne(hold, entry),
+      },
+      "−",
+    );
+    entry.el = h(
+      "li",
+      { class: "hold-line", dataset: { testid: "hold-line", sku: line.sku } },
+      h("span", { class: "stepper" }, entry.less, entry.held),
+      h("span", { class: "hold-what" }, `× ${name}`),
+      entry.note,
+    );
+    return entry;
+  }
+
+  /** Merge a state of the hold, from the subscription or a mutation's answer. They may
+   * arrive out of order (a mutation's answer after the push of a later change), so each
+   * number only moves the way the server moves it: expiry later, units out, never back. */
+  #apply(hold, state) {
+    if (!state) return;
+    if (state.expiresAt) hold.expiresAt = Math.max(hold.expiresAt, Date.parse(state.expiresAt));
+    for (const line of state.lines ?? []) {
+      const entry = hold.lines.get(line.sku);
+      if (!entry) continue;
+      entry.confirmed = Math.max(entry.confirmed, line.confirmedQuantity);
+      entry.released = Math.max(entry.released, line.releasedQuantity);
+    }
+    if (state.status && state.status !== "PENDING" && hold.status === "PENDING") {
+      this.#setStatus(hold, state.status);
+    }
+    this.#render(hold);
+  }
+
+  async #extend(hold) {
+    const data = await this.#send(hold, "Extending…", EXTEND, {
+      id: hold.id,
+      ttl: EXTEND_SECONDS,
+    });
+    const result = data?.extendReservation;
+    if (result?.__typename === "HoldLimitReached") {
+      // The server's cap on how long one hold may live: asking again cannot help.
+      hold.extend.disabled = true;
+      hold.extend.dataset.capped = "";
+      hold.extend.title = result.message;
+      hold.reason.textContent = result.message;
+    } else if (result?.__typename === "Reservation") {
+      hold.message.textContent = "Held 5 more minutes.";
+    }
+  }
+
+  async #releaseOne(hold, entry) {
+    const lines = [{ sku: entry.sku, quantity: 1 }];
+    const data = await this.#send(hold, "Giving back one…", RELEASE, { id: hold.id, lines });
+    if (data?.release.__typename === "Reservation" && hold.status === "PENDING") {
+      hold.message.textContent = STATUS_TEXT.PENDING;
+    }
+  }
+
   async #resolve(hold, mutation) {
-    for (const button of hold.actions.querySelectorAll("button")) button.disabled = true;
-    hold.message.textContent = mutation === CONFIRM ? "Paying…" : "Releasing…";
+    await this.#send(hold, mutation === CONFIRM ? "Paying…" : "Releasing…", mutation, {
+      id: hold.id,
+    });
+  }
+
+  /** Run one mutation on the hold (one at a time per hold) and show its outcome. */
+  async #send(hold, doing, mutation, variables) {
+    hold.busy = true;
+    this.#render(hold);
+    hold.message.textContent = doing;
+    let data = null;
     try {
-      const data = await request(mutation, { id: hold.id });
-      const result = data.confirm ?? data.release;
+      data = await request(mutation, variables);
+      const result = data.extendReservation ?? data.confirm ?? data.release;
       if (result.__typename === "Reservation") {
-        this.#setStatus(hold, result.status);
+        this.#apply(hold, result);
       } else if (result.__typename === "ReservationNotPending") {
         // E.g. "Pay" a moment after the hold expired: the server says what it became.
         this.#setStatus(hold, result.status, result.message);
       } else {
-        this.#setStatus(hold, "PENDING", result.message);
+        hold.message.textContent = result.message;
       }
     } catch (error) {
-      this.#setStatus(hold, "PENDING", describeError(error));
+      hold.message.textContent = describeError(error);
     }
+    hold.busy = false;
+    this.#render(hold);
+    return data;
   }
 
   #setStatus(hold, status, message = STATUS_TEXT[status]) {
     hold.status = status;
     hold.el.dataset.status = status;
     hold.message.textContent = message;
-    const pending = status === "PENDING";
-    hold.actions.hidden = !pending;
-    for (const button of hold.actions.querySelectorAll("button")) button.disabled = !pending;
-    if (!pending) {
+    if (status !== "PENDING") {
       hold.countdown.textContent = "—";
       hold.bar.style.width = "0%";
+      hold.subscription?.unsubscribe(); // the server ends it too, after the final state
       this.#trim();
     }
+    this.#render(hold);
+  }
+
+  /** Buttons and per-line numbers from the hold's state. */
+  #render(hold) {
+    const pending = hold.status === "PENDING";
+    hold.actions.hidden = !pending;
+    hold.extend.hidden = !pending;
+    for (const button of hold.actions.querySelectorAll("button")) {
+      button.disabled = !pending || hold.busy;
+    }
+    if (!("capped" in hold.extend.dataset)) hold.extend.disabled = !pending || hold.busy;
+    for (const entry of hold.lines.values()) {
+      const held = pending ? entry.quantity - entry.released : entry.confirmed;
+      entry.held.textContent = String(held);
+      entry.less.hidden = !pending;
+      // Giving back a hold's last unit releases the hold, as "Payment fails" does.
+      entry.less.disabled = !pending || hold.busy || held === 0;
+      const notes = [];
+      if (entry.released > 0) notes.push(`${entry.released} given back`);
+      if (!pending && entry.confirmed > 0) notes.push("bought");
+      entry.note.textContent = notes.join(", ");
+      entry.el.dataset.held = String(held);
+    }
+    if (pending) this.#show(hold, performance.now());
+  }
+
+  #show(hold, now) {
+    const duration = hold.expiresAt - hold.createdAt;
+    const left = Math.max(0, hold.anchor + duration - now);
+    hold.countdown.textContent = formatDuration(left);
+    hold.bar.style.width = `${(100 * left) / duration}%`;
+    // Only the server ends a hold (its expiry arrives through the subscription): at zero
+    // on this page's clock the hold may still be there, and the buttons stay.
+    if (left === 0 && !hold.busy)
+      hold.message.textContent = "Time is up: the hold ends any moment.";
   }
 
   #tick() {
@@ -111,13 +274,8 @@ export class Checkout {
     let pending = 0;
     for (const hold of this.#holds) {
       if (hold.status !== "PENDING") continue;
-      const left = Math.max(0, hold.deadline - now);
-      hold.countdown.textContent = formatDuration(left);
-      hold.bar.style.width = `${(100 * left) / hold.duration}%`;
-      // The server's sweeper expires the hold itself; this only stops offering buttons
-      // that could no longer succeed.
-      if (left === 0) this.#setStatus(hold, "EXPIRED");
-      else pending += 1;
+      this.#show(hold, now);
+      pending += 1;
     }
     if (pending === 0) {
       clearInterval(this.#ticker);

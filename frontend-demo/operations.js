@@ -27,25 +27,60 @@ mutation Reserve($lines: [ReserveLineInput!]!, $ttl: Int) {
   }
 }`;
 
+// A hold's state: first as it is, then after every change, until it ends. The mutations
+// on a hold answer the same selection, written out in each (no `${}` to share it).
+export const HOLD = /* GraphQL */ `
+subscription Hold($id: ID!) {
+  reservation(id: $id) {
+    id status createdAt expiresAt resolvedAt
+    lines { sku quantity confirmedQuantity releasedQuantity }
+  }
+}`;
+
+export const EXTEND = /* GraphQL */ `
+mutation Extend($id: ID!, $ttl: Int!) {
+  extendReservation(id: $id, ttlSeconds: $ttl) {
+    __typename
+    ... on Problem { message }
+    ... on Reservation {
+      id status createdAt expiresAt resolvedAt
+      lines { sku quantity confirmedQuantity releasedQuantity }
+    }
+    ... on ReservationNotFound { id }
+    ... on ReservationNotPending { id status }
+    ... on HoldLimitReached { id maxExpiresAt }
+    ... on InvalidInput { field }
+  }
+}`;
+
 export const CONFIRM = /* GraphQL */ `
 mutation Confirm($id: ID!) {
   confirm(id: $id) {
     __typename
     ... on Problem { message }
-    ... on Reservation { id status resolvedAt }
+    ... on Reservation {
+      id status createdAt expiresAt resolvedAt
+      lines { sku quantity confirmedQuantity releasedQuantity }
+    }
     ... on ReservationNotFound { id }
     ... on ReservationNotPending { id status }
+    ... on InvalidInput { field }
   }
 }`;
 
+// Without $lines the whole hold ("Payment fails"); with them, those units (a stepper).
 export const RELEASE = /* GraphQL */ `
-mutation Release($id: ID!) {
-  release(id: $id) {
+mutation Release($id: ID!, $lines: [ReserveLineInput!]) {
+  release(id: $id, lines: $lines) {
     __typename
     ... on Problem { message }
-    ... on Reservation { id status resolvedAt }
+    ... on Reservation {
+      id status createdAt expiresAt resolvedAt
+      lines { sku quantity confirmedQuantity releasedQuantity }
+    }
     ... on ReservationNotFound { id }
     ... on ReservationNotPending { id status }
+    ... on InvalidInput { field }
   }
 }`;
 

@@ -65,17 +65,22 @@ async def test_the_demo_runs_with_trusted_documents_only(
     available = page.get_by_test_id("product-view-available")
     await expect(available).to_have_text("3")
 
-    # Reserve two, watch the live count fall, pay.
+    # Reserve two, watch the live count fall, extend, give one back, pay for the other.
     await page.get_by_test_id("quantity-more").click()
     await page.get_by_test_id("reserve").click()
     hold = page.get_by_test_id("hold").first
     await expect(hold).to_have_attribute("data-status", "PENDING")
     await expect(card_count(page, sku)).to_have_text("1", timeout=LIVE)
+    await hold.get_by_test_id("extend").click()
+    await expect(hold.get_by_test_id("hold-countdown")).to_have_text(re.compile(r"^(4:5\d|5:00)$"))
+    await hold.get_by_test_id("release-one").click()
+    await expect(hold.get_by_test_id("line-held")).to_have_text("1")
+    await expect(card_count(page, sku)).to_have_text("2", timeout=LIVE)
     await hold.get_by_test_id("pay").click()
     await expect(hold).to_have_attribute("data-status", "CONFIRMED")
+    await expect(card_count(page, sku)).to_have_text("2", timeout=LIVE)
 
-    # Reserve the last one and let the payment fail: it comes back.
-    await page.get_by_test_id("quantity-less").click()
+    # Reserve the last two and let the payment fail: they come back.
     await page.get_by_test_id("reserve").click()
     await expect(page.get_by_test_id("reserve-message")).to_have_attribute(
         "data-outcome", "Reservation"
@@ -86,7 +91,7 @@ async def test_the_demo_runs_with_trusted_documents_only(
     await expect(card_count(page, sku)).to_have_text("0", timeout=LIVE)
     await failed.get_by_test_id("payment-fails").click()
     await expect(failed).to_have_attribute("data-status", "RELEASED")
-    await expect(card_count(page, sku)).to_have_text("1", timeout=LIVE)
+    await expect(card_count(page, sku)).to_have_text("2", timeout=LIVE)
 
     # The admin panel's documents are registered too (it also sends the admin token).
     await page.get_by_test_id("admin-token").fill(ADMIN_TOKEN)
@@ -94,14 +99,23 @@ async def test_the_demo_runs_with_trusted_documents_only(
     await page.get_by_test_id("restock-delta").fill("4")
     await page.get_by_test_id("restock").click()
     await expect(page.get_by_test_id("admin-message")).to_have_text(
-        re.compile(f"{sku}: 5 on hand, 5 available")
+        re.compile(f"{sku}: 6 on hand, 6 available")
     )
-    await expect(card_count(page, sku)).to_have_text("5", timeout=LIVE)
+    await expect(card_count(page, sku)).to_have_text("6", timeout=LIVE)
 
     row = await stock(db, sku)
-    assert (row["quantity"], row["reserved"], row["available"]) == (5, 0, 5)
+    assert (row["quantity"], row["reserved"], row["available"]) == (6, 0, 6)
     names = {manifest_name(manifest, text) for text in sent}
-    assert names == {"Products", "Availability", "Reserve", "Confirm", "Release", "AdjustStock"}
+    assert names == {
+        "Products",
+        "Availability",
+        "Reserve",
+        "Hold",
+        "Extend",
+        "Confirm",
+        "Release",
+        "AdjustStock",
+    }
 
 
 def manifest_name(manifest: Manifest, text: str) -> str:
