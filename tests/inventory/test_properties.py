@@ -22,7 +22,7 @@ import contextlib
 import uuid
 from collections import Counter
 from collections.abc import Coroutine, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -45,6 +45,7 @@ from hypothesis.stateful import (
 
 from inventory_graphql.config import Settings
 from inventory_graphql.inventory.models import (
+    HoldLimitReached,
     IdempotencyKeyReused,
     InsufficientStock,
     InvalidInput,
@@ -178,6 +179,13 @@ class Hold:
     status: ReservationStatus = PENDING
     due: bool = False  # past expiry (moved there by SQL) and not yet expired by anyone
     resolved_at: datetime | None = None  # once ended: as first seen, must never change
+    # Per sku: units bought, and units given back (partly, by release, or by expiry).
+    confirmed: Counter[str] = field(default_factory=Counter)
+    released: Counter[str] = field(default_factory=Counter)
+    movements: Counter[str] = field(default_factory=Counter)  # ledger rows, by kind
+
+    def held(self, sku: str) -> int:
+        return self.lines[sku] - self.confirmed[sku] - self.released[sku]
 
     def as_reservation(self) -> Reservation:
         """What the service must answer for this hold as it is now."""
@@ -185,12 +193,7 @@ class Hold:
             id=self.id,
             status=self.status,
             lines=tuple(
-                ReservationLine(
-                    sku,
-                    n,
-                    confirmed=n if self.status is CONFIRMED else 0,
-                    released=n if self.status in (RELEASED, EXPIRED) else 0,
-                )
+                ReservationLine(sku, n, self.confirmed[sku], self.released[sku])
                 for sku, n in sorted(self.lines.items())
             ),
             created_at=self.created_at,
@@ -243,18 +246,33 @@ class Model:
         self.holds[hold.id] = hold
         for sku, n in hold.lines.items():
             self.products[sku].reserved += n
+        hold.movements["RESERVE"] = len(hold.lines)
         if key is not None:
             self.keys[key] = hold.id
         return hold
 
-    def end(self, hold: Hold, status: ReservationStatus) -> None:
-        """A hold leaves PENDING, exactly once: its units return (or ship, on confirm)."""
+    def end(self, hold: Hold, status: ReservationStatus, rest_ships: bool | None = None) -> None:
+        """A hold leaves PENDING, exactly once: the units it still holds return (or ship,
+        on a full confirm; a partial confirm gives back the rest)."""
         assert hold.status is PENDING and status is not PENDING
         hold.status, hold.due = status, False
-        for sku, n in hold.lines.items():
+        ships = status is CONFIRMED if rest_ships is None else rest_ships
+        kind = "CONFIRM" if ships else "EXPIRE" if status is EXPIRED else "RELEASE"
+        self.part(hold, {sku: hold.held(sku) for sku in hold.lines}, ships, kind)
+
+    def part(self, hold: Hold, units: dict[str, int], ships: bool, kind: str) -> None:
+        """Units leave a hold: shipped, or back to the stock. One ledger row per line."""
+        for sku, n in units.items():
+            if n == 0:
+                continue
+            assert 0 < n <= hold.held(sku)
             self.products[sku].reserved -= n
-            if status is CONFIRMED:
+            if ships:
                 self.products[sku].quantity -= n
+                hold.confirmed[sku] += n
+            else:
+                hold.released[sku] += n
+            hold.movements[kind] += 1
 
 
 # The harness: one loop, database, pool and service per run, shared by its examples.
@@ -678,8 +696,102 @@ class InventoryMachine(RuleBasedStateMachine):
         else:
             assert outcome == ReservationNotPending(hold_id, hold.status)
 
-    def _ended_now(self, hold: Hold, status: ReservationStatus, outcome: ResolveOutcome) -> None:
-        self.model.end(hold, status)
+    # Hold control: extend, partial confirm, partial release.
+
+    @rule(hold_id=holds, ttl=st.sampled_from([1, 60, 3600]))
+    def extend(self, hold_id: str, ttl: int) -> None:
+        hold = self.model.holds[hold_id]
+        outcome = self.run(self.service.extend(hold_id, ttl))
+        cap = hold.created_at + timedelta(seconds=Settings().max_hold_seconds)
+        if hold.status is not PENDING:
+            assert outcome == ReservationNotPending(hold_id, hold.status)
+        elif hold.due:
+            self.model.end(hold, EXPIRED)
+            assert outcome == ReservationNotPending(hold_id, EXPIRED)
+        elif ttl == 3600:
+            # Past the cap (an example runs for much less than the cap): refused as it is.
+            assert outcome == HoldLimitReached(hold_id, cap)
+        else:
+            assert isinstance(outcome, Reservation), outcome
+            # Never moved back; moved at most to the cap (a reserve's own ttl may be longer).
+            assert (
+                outcome.expires_at == hold.expires_at or hold.expires_at < outcome.expires_at <= cap
+            )
+            hold.expires_at = outcome.expires_at
+            assert outcome == hold.as_reservation()
+
+    @precondition(lambda self: self.model.pending())
+    @rule(data=st.data(), confirming=st.booleans())
+    def resolve_part_of_pending(self, data: st.DataObject, confirming: bool) -> None:
+        """Most holds in the bundle have ended: this one picks a pending hold."""
+        pending = [hold.id for hold in self.model.pending()]  # in creation order: ids are random
+        self._resolve_part(data.draw(st.sampled_from(pending), label="hold"), data, confirming)
+
+    @precondition(lambda self: self.model.pending())
+    @rule(data=st.data(), ttl=st.sampled_from([1, 60, 3600]))
+    def extend_pending(self, data: st.DataObject, ttl: int) -> None:
+        pending = [hold.id for hold in self.model.pending()]
+        self.extend(data.draw(st.sampled_from(pending), label="hold"), ttl)
+
+    @rule(hold_id=holds, data=st.data(), confirming=st.booleans())
+    def resolve_part(self, hold_id: str, data: st.DataObject, confirming: bool) -> None:
+        self._resolve_part(hold_id, data, confirming)
+
+    def _resolve_part(self, hold_id: str, data: st.DataObject, confirming: bool) -> None:
+        """Confirm or release some units of a hold (sometimes more than it holds)."""
+        hold = self.model.holds[hold_id]
+        units = {sku: n for sku, n in hold.confirmed.items() if n}  # a retry, maybe
+        if not (hold.status is CONFIRMED and units and data.draw(st.booleans(), label="repeat")):
+            skus = data.draw(st.lists(st.sampled_from(sorted(hold.lines)), min_size=1, unique=True))
+            units = {
+                sku: data.draw(
+                    st.integers(1, max(hold.held(sku), 1)) | st.just(hold.held(sku) + 1), label=sku
+                )
+                for sku in skus
+            }
+        lines = [LineRequest(sku, n) for sku, n in units.items()]
+        if confirming:
+            outcome = self.run(self.service.confirm(hold_id, lines))
+        else:
+            outcome = self.run(self.service.release(hold_id, lines))
+        target = CONFIRMED if confirming else RELEASED
+        if hold.status is PENDING and hold.due:
+            # Past expiry but not yet swept: expired by this call; a release answers it.
+            if confirming:
+                self.model.end(hold, EXPIRED)
+                assert outcome == ReservationNotPending(hold_id, EXPIRED)
+            else:
+                self._ended_now(hold, EXPIRED, outcome)
+                assert outcome == hold.as_reservation()
+        elif hold.status is PENDING:
+            too_many = [i for i, line in enumerate(lines) if line.quantity > hold.held(line.sku)]
+            if too_many:  # nothing changes
+                assert isinstance(outcome, InvalidInput), outcome
+                assert outcome.field == f"lines[{too_many[0]}].quantity"
+                return
+            self.model.part(hold, units, confirming, "CONFIRM" if confirming else "RELEASE")
+            if confirming:
+                self._ended_now(hold, CONFIRMED, outcome, rest_ships=False)
+            elif not any(hold.held(sku) for sku in hold.lines):
+                self._ended_now(hold, RELEASED, outcome)
+            assert outcome == hold.as_reservation()
+        elif hold.status is target and (
+            not confirming or units == {sku: n for sku, n in hold.confirmed.items() if n}
+        ):
+            assert outcome == hold.as_reservation()  # a retry of the call that ended it
+        elif not confirming and hold.status is EXPIRED:
+            assert outcome == hold.as_reservation()
+        else:
+            assert outcome == ReservationNotPending(hold_id, hold.status)
+
+    def _ended_now(
+        self,
+        hold: Hold,
+        status: ReservationStatus,
+        outcome: ResolveOutcome,
+        rest_ships: bool | None = None,
+    ) -> None:
+        self.model.end(hold, status, rest_ships)
         assert isinstance(outcome, Reservation) and outcome.resolved_at is not None, outcome
         hold.resolved_at = outcome.resolved_at
 
@@ -751,7 +863,7 @@ class InventoryMachine(RuleBasedStateMachine):
         assert found.keys() == self.model.products.keys()
         held = Counter[str]()
         for hold in self.model.pending():
-            held.update(hold.lines)
+            held.update({sku: hold.held(sku) for sku in hold.lines})
         moved = self.moved
         for sku, stock in self.model.products.items():
             row = found[sku]
@@ -791,16 +903,13 @@ class InventoryMachine(RuleBasedStateMachine):
                 hold.resolved_at = row["resolved_at"]
             else:
                 assert row["resolved_at"] == hold.resolved_at, "a hold ended twice"
-        # The ledger: one RESERVE row per line, and one closing row per line of the kind
-        # the status says exactly when the hold has ended.
-        closing = {CONFIRMED: "CONFIRM", RELEASED: "RELEASE", EXPIRED: "EXPIRE"}
+        # The ledger: one RESERVE row per line, one row per line each time part of it
+        # leaves, and one closing row per line still holding units when the hold ends.
         movements = await self.db.fetch(MOVEMENTS, list(holds))
         found = {(row["id"], row["kind"]): row["n"] for row in movements}
-        expected = {}
-        for hold in holds.values():
-            expected[hold.id, "RESERVE"] = len(hold.lines)
-            if hold.status is not PENDING:
-                expected[hold.id, closing[hold.status]] = len(hold.lines)
+        expected = {
+            (hold.id, kind): n for hold in holds.values() for kind, n in hold.movements.items() if n
+        }
         assert found == expected
 
 
