@@ -9,6 +9,7 @@ import { CONFIRM, EXTEND, HOLD, RELEASE } from "./operations.js";
 
 const KEEP_FINISHED = 5; // finished holds stay visible for a while, then make room
 const EXTEND_SECONDS = 300;
+const RETRY_MS = 3000; // a refused hold subscription is asked for again after this
 
 const STATUS_TEXT = {
   PENDING: "Held for you until the timer runs out.",
@@ -44,6 +45,9 @@ export class Checkout {
       anchor: performance.now(),
       lines: new Map(),
       busy: false,
+      subscription: null,
+      offline: false, // its subscription was refused; retried from #tick
+      retryAt: 0,
     };
     hold.countdown = h("span", { class: "countdown", dataset: { testid: "hold-countdown" } });
     hold.bar = h("span", { class: "timer-bar-fill" });
@@ -97,6 +101,11 @@ export class Checkout {
     delete this.root.dataset.empty; // a phone shows this panel only once it has a hold
     this.#setStatus(hold, "PENDING");
     this.#render(hold);
+    this.#follow(hold);
+    this.#ticker ||= setInterval(() => this.#tick(), 250);
+  }
+
+  #follow(hold) {
     hold.subscription = this.#socket.subscribe(
       HOLD,
       { id: hold.id },
@@ -104,15 +113,23 @@ export class Checkout {
         next: ({ reservation }) => {
           // A final state is the stream's last: the server completes it by itself.
           if (reservation.status !== "PENDING") hold.subscription = null;
+          if (hold.offline && hold.status === "PENDING") {
+            hold.message.textContent = STATUS_TEXT.PENDING;
+          }
+          hold.offline = false;
           this.#apply(hold, reservation);
         },
         error: (errors) => {
+          // E.g. the connection's subscription limit, with many holds open: ask again in
+          // a while (each hold that ends frees a subscription).
+          hold.subscription = null;
+          hold.offline = true;
+          hold.retryAt = performance.now() + RETRY_MS;
           const text = Array.isArray(errors) ? errors.map((e) => e.message).join("; ") : errors;
           if (hold.status === "PENDING") hold.message.textContent = `No live status: ${text}`;
         },
       },
     );
-    this.#ticker ||= setInterval(() => this.#tick(), 250);
   }
 
   #line(hold, line) {
@@ -274,6 +291,7 @@ export class Checkout {
     let pending = 0;
     for (const hold of this.#holds) {
       if (hold.status !== "PENDING") continue;
+      if (hold.offline && hold.subscription === null && now >= hold.retryAt) this.#follow(hold);
       this.#show(hold, now);
       pending += 1;
     }

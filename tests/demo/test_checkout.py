@@ -44,11 +44,12 @@ async def hold_on(page: Page, quantity: int = 1):
     await expect(page.get_by_test_id("reserve-message")).to_have_attribute(
         "data-outcome", "Reservation"
     )
-    hold = page.get_by_test_id("hold").first
-    await expect(hold).to_have_attribute("data-status", "PENDING")
-    hold_id = await hold.get_attribute("data-hold-id")
+    newest = page.get_by_test_id("hold").first
+    await expect(newest).to_have_attribute("data-status", "PENDING")
+    hold_id = await newest.get_attribute("data-hold-id")
     assert hold_id is not None
-    return hold, hold_id
+    # By id: `.first` would move on to the next hold made.
+    return page.locator(f'[data-testid="hold"][data-hold-id="{hold_id}"]'), hold_id
 
 
 def lifetime(reservation: dict) -> float:
@@ -190,3 +191,39 @@ async def test_a_stepper_gives_back_a_unit_and_pay_buys_what_is_left(
     assert held["lines"] == [
         {"sku": sku, "quantity": 3, "confirmedQuantity": 2, "releasedQuantity": 1}
     ]
+
+
+async def test_a_hold_refused_a_subscription_is_followed_once_one_is_free(
+    storefront, database_url, make_product, tmp_path
+):
+    sku = await make_product(5, "Many holds")
+    # Room for the catalog's availability and one hold per WebSocket.
+    env = {
+        "DATABASE_URL": database_url,
+        **SERVER_ENV,
+        "INVENTORY_MAX_SUBSCRIPTIONS_PER_CONNECTION": "2",
+    }
+    tight = ServerProcess(env, log=tmp_path / "server.log")
+    try:
+        await asyncio.to_thread(tight.wait_ready)
+        page = await storefront.open(tight.url, [sku], ttl=120)
+        first, _ = await hold_on(page)
+        second, second_id = await hold_on(page)
+        await expect(second.get_by_test_id("hold-status")).to_have_text(
+            re.compile("^No live status: ")
+        )
+
+        # The first hold ends, its subscription with it: the second is followed now.
+        await first.get_by_test_id("pay").click()
+        await expect(first).to_have_attribute("data-status", "CONFIRMED")
+        status = second.get_by_test_id("hold-status")
+        await expect(status).to_have_text("Held for you until the timer runs out.", timeout=5000)
+        response = await page.request.post(
+            f"{tight.url}/graphql",
+            data={"query": EXTEND, "variables": {"id": second_id, "ttl": 900}},
+        )
+        assert (await response.json())["data"]["extendReservation"]["__typename"] == "Reservation"
+        countdown = second.get_by_test_id("hold-countdown")
+        await expect(countdown).to_have_text(re.compile(r"^1[45]:\d\d$"), timeout=LIVE)
+    finally:
+        assert tight.stop() == 0
