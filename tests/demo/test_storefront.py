@@ -16,7 +16,7 @@ from playwright.async_api import Page, expect
 
 from inventory_graphql.inventory.catalog import CREATE
 from inventory_graphql.testing.server import ServerProcess, free_port
-from tests.api.queries import ADJUST_STOCK, RESERVE
+from tests.api.queries import ADJUST_STOCK, RELEASE, RESERVE
 from tests.support.database import new_sku, stock
 from tests.support.graphql_http import ADMIN, ADMIN_TOKEN, SERVER_ENV
 from tests.support.paths import ROOT
@@ -298,6 +298,11 @@ async def test_page_survives_a_server_restart(storefront, database_url, make_pro
         await asyncio.to_thread(first.wait_ready)
         page = await storefront.open(first.url, [sku, later], wait_for=[sku])
         await expect(card_count(page, sku)).to_have_text("5")
+        await page.get_by_test_id("reserve").click()  # a hold the page follows live
+        hold = page.get_by_test_id("hold")
+        await expect(hold).to_have_attribute("data-status", "PENDING")
+        hold_id = await hold.get_attribute("data-hold-id")
+        await expect(card_count(page, sku)).to_have_text("4", timeout=LIVE)
 
         assert await asyncio.to_thread(first.stop) == 0
         status = page.get_by_test_id("connection-status")
@@ -316,6 +321,8 @@ async def test_page_survives_a_server_restart(storefront, database_url, make_pro
                     return (await response.json())["data"]
 
             # Before or after the page is back (a race): the snapshot or the live update.
+            released = await execute(RELEASE, id=hold_id)
+            assert released["release"]["status"] == "RELEASED"
             changed = await execute(ADJUST_STOCK, sku=sku, delta=4, reason="restock")
             assert changed["adjustStock"]["available"] == 9
 
@@ -323,6 +330,8 @@ async def test_page_survives_a_server_restart(storefront, database_url, make_pro
             await expect(status).to_have_attribute("data-state", "live", timeout=15_000)
             await expect(card_count(page, sku)).to_have_text("9", timeout=5_000)
             await expect(card_count(page, later)).to_have_text("3", timeout=5_000)
+            # The hold's subscription was sent again too: its first state says it ended.
+            await expect(hold).to_have_attribute("data-status", "RELEASED", timeout=LIVE)
 
             # And it is subscribed again, not just re-fetched.
             for product in (sku, later):
