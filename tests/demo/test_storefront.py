@@ -273,6 +273,12 @@ async def test_catalog_screenshot_on_desktop_and_phone(storefront, server, db, g
     page = await storefront.open(server.url, skus, viewport={"width": 1280, "height": 800})
     await expect(card(page, skus[-1])).to_have_attribute("data-state", "sold-out")
     await expect(card(page, skus[3])).to_have_attribute("data-state", "low")
+    # A hold in the checkout panel, one unit of it given back.
+    await page.get_by_test_id("quantity-more").click()
+    await page.get_by_test_id("reserve").click()
+    hold = page.get_by_test_id("hold")
+    await hold.get_by_test_id("release-one").click()
+    await expect(hold.get_by_test_id("line-note")).to_have_text("1 given back")
     await page.mouse.move(0, 0)
     await page.screenshot(path=artifacts / "catalog.png")
     if os.environ.get("INVENTORY_UPDATE_SCREENSHOT") == "1":
