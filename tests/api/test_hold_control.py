@@ -6,6 +6,9 @@ import asyncio
 import random
 from datetime import datetime, timedelta
 
+import aiohttp
+
+from inventory_graphql.testing.graphql_ws import AVAILABILITY, GraphQLWebSocket
 from tests.api.queries import RESERVE
 from tests.support.database import check, ledger, stock
 
@@ -215,3 +218,24 @@ async def test_50_clients_partial_releases_and_a_full_confirm_one_serial_order(
             ("RELEASE", 0, -line["quantity"]) for line in releases
         ]
     assert (await check(db)).ok
+
+
+async def test_partial_steps_reach_availability_subscribers(gql, server, make_product):
+    sku = await make_product(10)
+    held = await hold(gql, {sku: 5})
+    async with aiohttp.ClientSession() as session:
+        socket = await GraphQLWebSocket.connect(session, server.url)
+        updates = (await socket.subscribe(AVAILABILITY, skus=[sku])).updates()
+        seen = [(u["quantity"], u["reserved"]) for u in [await anext(updates)]]
+        await gql.execute(RELEASE_LINES, id=held["id"], lines=[{"sku": sku, "quantity": 2}])
+        seen.append(((u := await anext(updates))["quantity"], u["reserved"]))
+        # An extension changes no stock: the next update is the confirm's.
+        await gql.execute(EXTEND, id=held["id"], ttl=600)
+        await gql.execute(CONFIRM_LINES, id=held["id"], lines=[{"sku": sku, "quantity": 1}])
+        while seen[-1] != (9, 0):
+            seen.append(((u := await anext(updates))["quantity"], u["reserved"]))
+        await socket.close()
+    # The confirm ships one unit, then gives two back, in one transaction: its updates
+    # (one per statement, or the last only if coalesced) are sent at commit.
+    assert seen[:2] == [(10, 5), (10, 3)]
+    assert seen[2:] in ([(9, 0)], [(9, 2), (9, 0)])
