@@ -207,3 +207,12 @@ async def test_check_finds_a_line_changed_behind_the_ledger(service, db, make_pr
         "UPDATE reservation_line SET released = 0 WHERE reservation_id = $1::uuid", held.id
     )
     assert (await check(db)).ok
+
+
+async def test_no_hold_outlives_the_cap_however_long_its_ttl(pool, make_product):
+    """A reserve asking for more than INVENTORY_MAX_HOLD_SECONDS is held until the cap."""
+    service = InventoryService(pool, Settings(coalesce_reservations=False, max_hold_seconds=120))
+    sku = await make_product(5)
+    hold = await service.reserve([LineRequest(sku, 1)], 3600)
+    assert isinstance(hold, Reservation)
+    assert hold.expires_at - hold.created_at == timedelta(seconds=120)

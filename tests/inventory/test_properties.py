@@ -510,7 +510,8 @@ class InventoryMachine(RuleBasedStateMachine):
         assert outcome.lines == tuple(
             ReservationLine(line.sku, line.quantity) for line in sorted(lines, key=lambda x: x.sku)
         )
-        ttl_seconds = DEFAULT_TTL if ttl is None else ttl
+        # Never past the hold cap from creation, whatever ttl was asked for.
+        ttl_seconds = min(DEFAULT_TTL if ttl is None else ttl, Settings().max_hold_seconds)
         assert outcome.expires_at - outcome.created_at == timedelta(seconds=ttl_seconds)
         return self.model.add_hold(outcome, key)
 
@@ -713,7 +714,7 @@ class InventoryMachine(RuleBasedStateMachine):
             assert outcome == HoldLimitReached(hold_id, cap)
         else:
             assert isinstance(outcome, Reservation), outcome
-            # Never moved back; moved at most to the cap (a reserve's own ttl may be longer).
+            # Never moved back; moved at most to the cap.
             assert (
                 outcome.expires_at == hold.expires_at or hold.expires_at < outcome.expires_at <= cap
             )

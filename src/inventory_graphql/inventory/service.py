@@ -140,6 +140,9 @@ class InventoryService:
         if invalid := validation.check_reserve(lines, ttl_seconds, idempotency_key):
             return invalid
         ttl = self._settings.hold_ttl_seconds if ttl_seconds is None else ttl_seconds
+        # No hold lives past INVENTORY_MAX_HOLD_SECONDS from its creation, however it was
+        # asked for: a longer ttl is held to the cap (as an extension past it would be).
+        ttl = min(ttl, self._settings.max_hold_seconds)
         deadline = asyncio.timeout(self._settings.request_timeout_seconds)
         try:
             async with deadline:
