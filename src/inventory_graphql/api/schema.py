@@ -86,9 +86,13 @@ PRICES = {
 T = TypeVar("T")
 
 
+def _requests(lines: list[ReserveLineInput]) -> list[LineRequest]:
+    return [LineRequest(line.sku, line.quantity) for line in lines]
+
+
 def _line_requests(lines: list[ReserveLineInput] | None) -> list[LineRequest] | None:
     given = _given(lines)
-    return None if given is None else [LineRequest(line.sku, line.quantity) for line in given]
+    return None if given is None else _requests(given)
 
 
 def _given(value: T | None) -> T | None:
@@ -137,7 +141,7 @@ class Mutation:
         ttl_seconds: int | None = UNSET,
         idempotency_key: str | None = UNSET,
     ) -> ReserveResult:
-        requested = [LineRequest(line.sku, line.quantity) for line in lines]
+        requested = _requests(lines)
         outcome = await unless_disconnected(
             info.context.request,
             info.context.service.reserve(requested, _given(ttl_seconds), _given(idempotency_key)),
