@@ -103,6 +103,21 @@ class Settings:
     hold_ttl_seconds: int = _setting("INVENTORY_HOLD_TTL_SECONDS", 600, _integer(1, 86_400))
     # The longest a hold may live from its creation, however often it is extended.
     max_hold_seconds: int = _setting("INVENTORY_MAX_HOLD_SECONDS", 1800, _integer(1, 86_400))
+    # Buyers (api/buyers.py): the shared secret the shop's backend signs buyer tokens
+    # (HS256 JWTs) with. Unset: every caller is anonymous, and a product with a purchase
+    # limit cannot be reserved (BuyerRequired).
+    buyer_token_secret: str | None = _setting("INVENTORY_BUYER_TOKEN_SECRET", None, _text)
+    # Caps for everyone: units per cart line, and PENDING holds per buyer (0: no cap).
+    max_units_per_line: int = _setting(
+        "INVENTORY_MAX_UNITS_PER_LINE", 1_000_000, _integer(1, 1_000_000)
+    )
+    max_pending_holds_per_buyer: int = _setting(
+        "INVENTORY_MAX_PENDING_HOLDS_PER_BUYER", 0, _integer(0)
+    )
+    # How long a hold offered to the head of a waiting list lasts.
+    waitlist_hold_seconds: int = _setting(
+        "INVENTORY_WAITLIST_HOLD_SECONDS", 300, _integer(1, 86_400)
+    )
     pool_size: int = _setting("INVENTORY_DB_POOL_SIZE", 8, _integer(1, 1000))
     sweep_interval_seconds: float = _setting(
         "INVENTORY_SWEEP_INTERVAL_SECONDS", 0.5, _number(0, above=True)

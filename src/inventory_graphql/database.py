@@ -164,6 +164,8 @@ async def connect_pool(database_url: str, settings: Settings) -> AsyncIterator[a
             "application_name": APPLICATION_NAME,
             "lock_timeout": str(settings.lock_timeout_ms),
             "statement_timeout": str(settings.statement_timeout_ms),
+            # Read by the waiting list's trigger (migration 006) when it offers a hold.
+            "inventory.waitlist_hold_seconds": str(settings.waitlist_hold_seconds),
         },
     )
     await pool

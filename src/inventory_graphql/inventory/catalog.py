@@ -19,16 +19,18 @@ from inventory_graphql.inventory.transactions import in_transaction
 
 # Every statement returns a product's columns in this order (Product.from_row reads them).
 SELECT_BY_SKUS = """
-SELECT sku, name, quantity, reserved, version, updated_at
+SELECT sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting
 FROM product WHERE sku = any($1::text[]) ORDER BY sku LIMIT $2
 """
 
 SELECT_FIRST = """
-SELECT sku, name, quantity, reserved, version, updated_at FROM product ORDER BY sku LIMIT $1
+SELECT sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting
+FROM product ORDER BY sku LIMIT $1
 """
 
 SELECT_ONE = """
-SELECT sku, name, quantity, reserved, version, updated_at FROM product WHERE sku = $1
+SELECT sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting
+FROM product WHERE sku = $1
 """
 
 CREATE = """
@@ -36,13 +38,13 @@ WITH created AS (
     -- A sku that exists already inserts nothing, and then the ledger gets nothing.
     INSERT INTO product (sku, name, quantity) VALUES ($1, $2, $3)
     ON CONFLICT (sku) DO NOTHING
-    RETURNING id, sku, name, quantity, reserved, version, updated_at
+    RETURNING id, sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting
 ), movement AS (
     -- The opening stock is the product's first ledger row, in the same statement.
     INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reason)
     SELECT id, 'CREATE', quantity, 0, 'created' FROM created
 )
-SELECT sku, name, quantity, reserved, version, updated_at FROM created
+SELECT sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting FROM created
 """
 
 # The bound check happens in the WHERE clause, under the row lock: never read-then-write.
@@ -52,13 +54,13 @@ WITH adjusted AS (
     -- product table's CHECK holds the same number; a test checks all three agree).
     UPDATE product SET quantity = quantity + $2::bigint
     WHERE sku = $1 AND quantity + $2::bigint BETWEEN reserved AND 1000000000
-    RETURNING id, sku, name, quantity, reserved, version, updated_at
+    RETURNING id, sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting
 ), movement AS (
     -- The ledger row, written only when the update happened.
     INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reason)
     SELECT id, 'ADJUST', $2, 0, $3 FROM adjusted
 )
-SELECT sku, name, quantity, reserved, version, updated_at FROM adjusted
+SELECT sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting FROM adjusted
 """
 
 

@@ -18,6 +18,29 @@ class ReservationStatus(enum.Enum):
     EXPIRED = "EXPIRED"
 
 
+class WaitlistStatus(enum.Enum):
+    WAITING = "WAITING"
+    OFFERED = "OFFERED"
+    LEFT = "LEFT"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: the buyer a verified buyer token names (None: anonymous), and whether
+    the caller is an admin. A caller acts on its own buyer's holds and waiting-list
+    entries only (anonymous callers on anonymous holds); an admin on every one."""
+
+    buyer: str | None = None
+    admin: bool = False
+
+    def owns(self, buyer: str | None) -> bool:
+        return self.admin or buyer == self.buyer
+
+
+ANONYMOUS = Caller()
+ADMIN = Caller(admin=True)
+
+
 @dataclass(frozen=True)
 class StockLevel:
     """A product's numbers at one version: what live availability updates carry."""
@@ -27,6 +50,7 @@ class StockLevel:
     reserved: int
     version: int
     updated_at: datetime
+    waiting: int = 0  # units the waiting list wants
 
     @property
     def available(self) -> int:
@@ -41,6 +65,8 @@ class Product:
     reserved: int
     version: int
     updated_at: datetime
+    purchase_limit: int | None = None  # units per buyer (held plus bought); None: no limit
+    waiting: int = 0  # units the waiting list wants
 
     @property
     def available(self) -> int:
@@ -48,7 +74,9 @@ class Product:
 
     @property
     def stock_level(self) -> StockLevel:
-        return StockLevel(self.sku, self.quantity, self.reserved, self.version, self.updated_at)
+        return StockLevel(
+            self.sku, self.quantity, self.reserved, self.version, self.updated_at, self.waiting
+        )
 
     @classmethod
     def from_row(cls, row: Any) -> Product:
@@ -59,6 +87,8 @@ class Product:
             reserved=row["reserved"],
             version=row["version"],
             updated_at=row["updated_at"],
+            purchase_limit=row["purchase_limit"],
+            waiting=row["waiting"],
         )
 
 
@@ -170,8 +200,75 @@ class HoldLimitReached:
         return f"Reservation {self.id} cannot be held past {self.max_expires_at.isoformat()}."
 
 
+@dataclass(frozen=True)
+class PurchaseLimitExceeded:
+    sku: str
+    limit: int
+    already_held: int  # units of sku the buyer holds (pending) plus has bought, when told
+
+    @property
+    def message(self) -> str:
+        return (
+            f"At most {self.limit} of {self.sku} per buyer; "
+            f"you already hold or bought {self.already_held}."
+        )
+
+
+@dataclass(frozen=True)
+class BuyerRequired:
+    sku: str
+
+    @property
+    def message(self) -> str:
+        return f"{self.sku} is sold per buyer: send a buyer token (Authorization: Bearer <jwt>)."
+
+
+@dataclass(frozen=True)
+class TooManyPendingHolds:
+    limit: int  # INVENTORY_MAX_PENDING_HOLDS_PER_BUYER
+
+    @property
+    def message(self) -> str:
+        return f"A buyer may have at most {self.limit} pending holds: confirm or release one first."
+
+
+@dataclass(frozen=True)
+class WaitlistEntry:
+    id: str
+    sku: str
+    quantity: int
+    status: WaitlistStatus
+    position: int | None  # 1-based among WAITING entries of the sku; None otherwise
+    reservation_id: str | None  # the hold it was offered (OFFERED only)
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class WaitlistEntryNotFound:
+    id: str
+
+    @property
+    def message(self) -> str:
+        return f"No waiting-list entry with id {self.id!r}."
+
+
 ReserveOutcome = (
-    Reservation | InsufficientStock | ProductNotFound | InvalidInput | IdempotencyKeyReused
+    Reservation
+    | InsufficientStock
+    | ProductNotFound
+    | InvalidInput
+    | IdempotencyKeyReused
+    | PurchaseLimitExceeded
+    | BuyerRequired
+    | TooManyPendingHolds
+)
+WaitlistOutcome = (
+    WaitlistEntry
+    | ProductNotFound
+    | InvalidInput
+    | PurchaseLimitExceeded
+    | BuyerRequired
+    | WaitlistEntryNotFound
 )
 ResolveOutcome = Reservation | ReservationNotFound | ReservationNotPending | InvalidInput
 ExtendOutcome = (

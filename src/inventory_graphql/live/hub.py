@@ -27,21 +27,30 @@ log = logging.getLogger(__name__)
 
 
 def parse_payload(payload: str) -> list[StockLevel]:
-    """The trigger's payload: a JSON array of [sku, quantity, reserved, version, updated_at].
+    """The trigger's payload: a JSON array of [sku, quantity, reserved, version, updated_at,
+    waiting] (`waiting` since migration 006; a five-item entry means none waits).
 
     Raises ValueError or TypeError for anything else (a hand-made NOTIFY), so that a
     wrongly typed number never reaches a subscriber.
     """
     levels = []
-    for sku, quantity, reserved, version, updated_at in json.loads(payload):
-        numbers = (quantity, reserved, version)
+    for entry in json.loads(payload):
+        if not isinstance(entry, list) or len(entry) not in (5, 6):
+            raise TypeError(
+                f"not [sku, quantity, reserved, version, updated_at, waiting]: {entry!r}"
+            )
+        sku, quantity, reserved, version, updated_at, *rest = entry
+        waiting = rest[0] if rest else 0
+        numbers = (quantity, reserved, version, waiting)
         if not isinstance(sku, str) or not all(
             type(n) is int
             for n in numbers  # bool is an int subclass: not a number here
         ):
-            raise TypeError(f"not [sku, quantity, reserved, version, updated_at]: {sku!r}")
+            raise TypeError(f"not [sku, quantity, reserved, version, updated_at, waiting]: {sku!r}")
         levels.append(
-            StockLevel(sku, quantity, reserved, version, datetime.fromisoformat(updated_at))
+            StockLevel(
+                sku, quantity, reserved, version, datetime.fromisoformat(updated_at), waiting
+            )
         )
     return levels
 
