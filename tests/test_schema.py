@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import graphql
+
 from inventory_graphql.api.schema import schema
 from tests.support.paths import ROOT
 
@@ -27,7 +29,11 @@ def test_public_contract_names_are_present():
         "products(skus: [String!], first: Int = 100): [Product!]!",
         "reservation(id: ID!): Reservation",
         "union ReserveResult = Reservation | InsufficientStock | ProductNotFound | InvalidInput | "
-        "IdempotencyKeyReused",
+        "IdempotencyKeyReused | PurchaseLimitExceeded | BuyerRequired | TooManyPendingHolds\n",
+        "type PurchaseLimitExceeded implements Problem {\n  message: String!\n  sku: String!\n"
+        "  limit: Int!\n  alreadyHeld: Int!\n}",
+        "type BuyerRequired implements Problem {\n  message: String!\n  sku: String!\n}",
+        "type TooManyPendingHolds implements Problem {\n  message: String!\n  limit: Int!\n}",
         "union ResolveResult = Reservation | ReservationNotFound | ReservationNotPending | "
         "InvalidInput",
         "union ExtendResult = Reservation | ReservationNotFound | ReservationNotPending | "
@@ -39,3 +45,21 @@ def test_public_contract_names_are_present():
         "union ProductResult = Product | ProductNotFound | ProductExists | InvalidInput",
     ):
         assert line in sdl
+
+
+def test_fair_drop_fields_have_the_contract_types():
+    # Described fields span several SDL lines: compare the types the schema declares.
+    types = graphql.build_schema(schema.as_str()).type_map
+    declared = {
+        (name, field): str(types[name].fields[field].type)  # type: ignore[attr-defined]
+        for name, field in (
+            ("Product", "purchaseLimit"),
+            ("Product", "waiting"),
+            ("AvailabilityUpdate", "waiting"),
+        )
+    }
+    assert declared == {
+        ("Product", "purchaseLimit"): "Int",
+        ("Product", "waiting"): "Int!",
+        ("AvailabilityUpdate", "waiting"): "Int!",
+    }

@@ -66,8 +66,35 @@ class HoldLimitReached(Problem):
     max_expires_at: datetime
 
 
+@strawberry.type(
+    description="The buyer would hold plus have bought more of `sku` than its purchase limit; "
+    "`alreadyHeld` is what it holds (pending) plus has bought of it, when answered."
+)
+class PurchaseLimitExceeded(Problem):
+    sku: str
+    limit: int
+    already_held: int
+
+
+@strawberry.type(description="`sku` has a purchase limit: only a buyer may reserve it.")
+class BuyerRequired(Problem):
+    sku: str
+
+
+@strawberry.type(description="The buyer has INVENTORY_MAX_PENDING_HOLDS_PER_BUYER holds pending.")
+class TooManyPendingHolds(Problem):
+    limit: int
+
+
 ReserveResult = Annotated[
-    Reservation | InsufficientStock | ProductNotFound | InvalidInput | IdempotencyKeyReused,
+    Reservation
+    | InsufficientStock
+    | ProductNotFound
+    | InvalidInput
+    | IdempotencyKeyReused
+    | PurchaseLimitExceeded
+    | BuyerRequired
+    | TooManyPendingHolds,
     strawberry.union("ReserveResult"),
 ]
 ResolveResult = Annotated[
@@ -92,6 +119,15 @@ def _invalid_input(problem: models.InvalidInput) -> InvalidInput:
     return InvalidInput(message=problem.message, field=problem.field)
 
 
+def _purchase_limit_exceeded(problem: models.PurchaseLimitExceeded) -> PurchaseLimitExceeded:
+    return PurchaseLimitExceeded(
+        message=problem.message,
+        sku=problem.sku,
+        limit=problem.limit,
+        already_held=problem.already_held,
+    )
+
+
 def reserve_result(outcome: models.ReserveOutcome) -> ReserveResult:
     match outcome:
         case models.Reservation():
@@ -111,6 +147,12 @@ def reserve_result(outcome: models.ReserveOutcome) -> ReserveResult:
             return IdempotencyKeyReused(
                 message=outcome.message, idempotency_key=outcome.idempotency_key
             )
+        case models.PurchaseLimitExceeded():
+            return _purchase_limit_exceeded(outcome)
+        case models.BuyerRequired():
+            return BuyerRequired(message=outcome.message, sku=outcome.sku)
+        case models.TooManyPendingHolds():
+            return TooManyPendingHolds(message=outcome.message, limit=outcome.limit)
         case _:
             assert_never(outcome)
 

@@ -34,6 +34,7 @@ class AvailabilityUpdate:
     available: int
     version: int
     updated_at: datetime
+    waiting: int = strawberry.field(description="Units the sku's waiting list wants.")
 
     @classmethod
     def from_domain(cls, level: StockLevel) -> AvailabilityUpdate:
@@ -44,6 +45,7 @@ class AvailabilityUpdate:
             available=level.available,
             version=level.version,
             updated_at=level.updated_at,
+            waiting=level.waiting,
         )
 
 

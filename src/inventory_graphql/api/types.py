@@ -23,6 +23,12 @@ class Product:
     available: int
     version: int
     updated_at: datetime
+    purchase_limit: int | None = strawberry.field(
+        description="Units one buyer may hold plus have bought; null: no limit."
+    )
+    waiting: int = strawberry.field(
+        description="Units its waiting list wants; while above 0, public reserves are refused."
+    )
 
     @classmethod
     def from_domain(cls, product: models.Product) -> Product:
@@ -34,6 +40,8 @@ class Product:
             available=product.available,
             version=product.version,
             updated_at=product.updated_at,
+            purchase_limit=product.purchase_limit,
+            waiting=product.waiting,
         )
 
 
