@@ -63,6 +63,11 @@ WITH adjusted AS (
 SELECT sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting FROM adjusted
 """
 
+SET_PURCHASE_LIMIT = """
+UPDATE product SET purchase_limit = $2 WHERE sku = $1
+RETURNING sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting
+"""
+
 
 class Catalog:
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -101,3 +106,8 @@ class Catalog:
             return InvalidInput("delta", f"would take quantity above {validation.MAX_STOCK:,}")
 
         return await in_transaction(self._pool, adjust)
+
+    async def set_purchase_limit(self, sku: str, per_buyer: int | None) -> ProductOutcome:
+        """Inputs are valid (the service checked them)."""
+        row = await self._pool.fetchrow(SET_PURCHASE_LIMIT, sku, per_buyer)
+        return Product.from_row(row) if row else ProductNotFound(sku)

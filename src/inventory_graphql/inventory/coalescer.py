@@ -42,11 +42,11 @@ from inventory_graphql.inventory.contention import Contention
 from inventory_graphql.inventory.errors import Busy, is_busy, is_database_unavailable
 from inventory_graphql.inventory.give_back import GiveBack
 from inventory_graphql.inventory.models import (
-    InsufficientStock,
     LineRequest,
     ProductNotFound,
     Reservation,
     ReserveOutcome,
+    TooManyPendingHolds,
 )
 from inventory_graphql.inventory.reservations import (
     AVAILABLE_NOW,
@@ -56,6 +56,7 @@ from inventory_graphql.inventory.reservations import (
     first_short,
     hold_lines,
     pending,
+    refused,
 )
 from inventory_graphql.inventory.transactions import in_one_statement, in_transaction
 
@@ -79,59 +80,17 @@ MAX_PASSES = 16
 # not count (the request waits in its product's lane until its deadline).
 MAX_FAILURES = 3
 
-# Grants single-line requests in FIFO order per product: a request is granted when it and
-# every request before it for the same product fit in what is available. It locks the
-# products itself (in sku order, as every writer does; FOR UPDATE returns each row's
-# latest committed numbers, whatever the statement's snapshot saw, and the UPDATE applies
-# to that same latest version), so it can be a transaction of its own: lock, grant, hold
-# and commit in one round trip, the row lock held only inside PostgreSQL, never across
-# the network and this process's event loop. Inside a batch transaction the products are
-# already locked and locking them again costs nothing. Per request: whether it was held,
-# and its product's availability after the statement.
-GRANT_SINGLES = """
-WITH request AS (
-    -- The batch as rows; ord is arrival order, which FIFO is about.
-    SELECT * FROM unnest($1::text[], $2::int[], $3::uuid[], $4::float8[]) WITH ORDINALITY
-        AS r(sku, quantity, id, ttl, ord)
-), locked AS (
-    -- Each product locked once, in sku order; its latest committed numbers.
-    SELECT id, sku, quantity - reserved AS available
-    FROM product WHERE sku = any($1::text[]) ORDER BY sku FOR UPDATE
-), fifo AS (
-    -- What each request and every earlier one for its product want together.
-    SELECT r.*, l.id AS product_id, l.available,
-           sum(r.quantity) OVER (PARTITION BY l.id ORDER BY r.ord) AS wanted_so_far
-    FROM request r JOIN locked l ON l.sku = r.sku
-), granted AS (
-    -- A request is granted when it fits after everything before it (no overtaking).
-    SELECT * FROM fifo WHERE wanted_so_far <= available
-), per_product AS (
-    -- One update per product, however many requests it granted.
-    SELECT product_id, sum(quantity)::int AS quantity FROM granted GROUP BY product_id
-), held AS (
-    -- The design's reservation, for the whole batch's share of each product at once.
-    UPDATE product p SET reserved = p.reserved + g.quantity, updated_at = now()
-    FROM per_product g
-    WHERE p.id = g.product_id
-), hold AS (
-    -- The granted requests' holds, under the ids their requests were given beforehand.
-    INSERT INTO reservation (id, expires_at)
-    SELECT id, now() + make_interval(secs => ttl) FROM granted
-    RETURNING id, created_at, expires_at
-), line AS (
-    INSERT INTO reservation_line (reservation_id, product_id, quantity)
-    SELECT id, product_id, quantity FROM granted
-), movement AS (
-    -- The ledger: one RESERVE row per granted line, as the per-request path writes.
-    INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reservation_id)
-    SELECT product_id, 'RESERVE', 0, quantity, id FROM granted
-)
-SELECT f.ord, f.sku, f.available - coalesce(g.quantity, 0) AS available_after,
-       h.created_at, h.expires_at
-FROM fifo f
-LEFT JOIN per_product g ON g.product_id = f.product_id
-LEFT JOIN hold h ON h.id = f.id
-"""
+# Grants single-line requests in FIFO order per product (migration 006 has the SQL): a
+# request is granted when nobody waits for its product, its buyer stays within the
+# product's purchase limit and the pending-hold cap, and it and every earlier eligible
+# request for its product fit in what is available. The function locks the products
+# itself (in sku order, as every writer does) and then decides with a fresh snapshot, so
+# it can be a transaction of its own: lock, grant, hold and commit in one round trip,
+# the row lock held only inside PostgreSQL, never across the network and this process's
+# event loop. Inside a batch transaction the products are already locked and locking
+# them again costs nothing. Per request: its product's public availability after the
+# statement, the hold's times if granted, and the buyer's numbers after it.
+GRANT_SINGLES = "SELECT * FROM grant_singles($1, $2, $3, $4, $5, $6)"
 
 
 @dataclass(eq=False)
@@ -139,6 +98,7 @@ class _Request:
     lines: tuple[LineRequest, ...]
     ttl: int
     future: asyncio.Future[ReserveOutcome]
+    buyer: str | None = None
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     failures: int = 0
     alone: bool = False  # failed for a reason nobody understood: retried in a batch of one
@@ -205,15 +165,20 @@ class ReservationCoalescer:
     def _answered(self, _: asyncio.Future[ReserveOutcome]) -> None:
         self._waiting -= 1
 
-    async def reserve(self, lines: Sequence[LineRequest], ttl_seconds: int) -> ReserveOutcome:
-        """Hold every line or none, in a batch with concurrent requests. Inputs are valid.
+    async def reserve(
+        self, lines: Sequence[LineRequest], ttl_seconds: int, *, buyer: str | None = None
+    ) -> ReserveOutcome:
+        """Hold every line or none for `buyer`, in a batch with concurrent requests. Inputs
+        are valid.
 
         Raises Busy at once when too many requests are waiting. Cancelling the call
         abandons the request: dropped if still queued, its hold given back if granted.
         """
         if self.queued >= self._max_queued:
             raise Busy("too many reservations are waiting; retry shortly")
-        request = _Request(tuple(lines), ttl_seconds, asyncio.get_running_loop().create_future())
+        request = _Request(
+            tuple(lines), ttl_seconds, asyncio.get_running_loop().create_future(), buyer
+        )
         self._waiting += 1
         request.future.add_done_callback(self._answered)  # answered, failed or abandoned
         self._enqueue([request])
@@ -377,7 +342,7 @@ class ReservationCoalescer:
                 await self._grant_singles(list(run), conn.fetch, decided, None)
             else:
                 for cart in run:
-                    decided[cart] = await _hold_cart(conn, cart)
+                    decided[cart] = await _hold_cart(conn, cart, self._reservations.max_pending)
         return decided
 
     async def _grant_singles(
@@ -391,6 +356,7 @@ class ReservationCoalescer:
         is true whatever commits between passes. Returns the requests still undecided
         after `max_passes`.
         """
+        max_pending = self._reservations.max_pending
         passes = 0
         while requests and passes != max_passes:
             passes += 1
@@ -400,26 +366,26 @@ class ReservationCoalescer:
                 [r.lines[0].quantity for r in requests],
                 [r.id for r in requests],
                 [float(r.ttl) for r in requests],
+                [r.buyer for r in requests],
+                max_pending,
             )
-            available: dict[str, int] = {}
+            refused_rows: dict[_Request, asyncpg.Record] = {}
             for row in rows:
                 request = requests[row["ord"] - 1]
-                available[row["sku"]] = row["available_after"]
                 if row["created_at"] is not None:
                     decided[request] = pending(request.id, request.lines, row)
+                else:
+                    refused_rows[request] = row
             again = []
             for request in requests:
                 if request in decided:
                     continue
-                line = request.lines[0]
-                if line.sku not in available:
-                    decided[request] = ProductNotFound(line.sku)
-                elif available[line.sku] < line.quantity:
-                    decided[request] = InsufficientStock(
-                        line.sku, line.quantity, available[line.sku]
-                    )
+                if (refused_row := refused_rows.get(request)) is None:
+                    decided[request] = ProductNotFound(request.lines[0].sku)
+                elif refusal := _explained(request, refused_row, max_pending):
+                    decided[request] = refusal
                 else:
-                    again.append(request)
+                    again.append(request)  # refused only behind an earlier request
             requests = again
         return requests
 
@@ -494,12 +460,30 @@ class _Refused(Exception):
         self.refusal = refusal
 
 
-async def _hold_cart(conn: Connection, cart: _Request) -> ReserveOutcome:
+def _explained(
+    request: _Request, row: asyncpg.Record, max_pending: int | None
+) -> ReserveOutcome | None:
+    """Why GRANT_SINGLES refused `request`, if its numbers after the pass explain it: in
+    hold_lines' order, the buyer's limit, then the stock, then the pending-hold cap."""
+    line = request.lines[0]
+    if refusal := refused(
+        line, request.buyer, row["available_after"], row["purchase_limit"], row["held_after"]
+    ):
+        return refusal
+    pending_after = row["pending_after"]
+    if max_pending is not None and pending_after is not None and pending_after >= max_pending:
+        return TooManyPendingHolds(max_pending)
+    return None
+
+
+async def _hold_cart(conn: Connection, cart: _Request, max_pending: int | None) -> ReserveOutcome:
     """A cart, all or nothing, in a savepoint: a refused cart undoes only itself, and
     says why under the row lock of the line that did not fit."""
     try:
         async with conn.transaction():
-            held = await hold_lines(conn, cart.id, cart.lines, cart.ttl)
+            held = await hold_lines(
+                conn, cart.id, cart.lines, cart.ttl, buyer=cart.buyer, max_pending=max_pending
+            )
             assert held is not None, "no idempotency key, so no conflict"
             if not isinstance(held, Reservation):
                 raise _Refused(held)

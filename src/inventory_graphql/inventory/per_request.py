@@ -33,7 +33,12 @@ class PerRequest:
         return self._in_flight
 
     async def reserve(
-        self, lines: Sequence[LineRequest], ttl_seconds: int, idempotency_key: str | None = None
+        self,
+        lines: Sequence[LineRequest],
+        ttl_seconds: int,
+        idempotency_key: str | None = None,
+        *,
+        buyer: str | None = None,
     ) -> ReserveOutcome:
         if self._in_flight >= self._max_queued:
             raise Busy("too many reservations are waiting; retry shortly")
@@ -47,7 +52,12 @@ class PerRequest:
                 # outcome would be unknown); once it ends, a hold nobody awaits goes back.
                 work = asyncio.ensure_future(
                     self._reservations.reserve(
-                        request_id, lines, ttl_seconds, idempotency_key, wanted=lambda: not gone
+                        request_id,
+                        lines,
+                        ttl_seconds,
+                        idempotency_key,
+                        wanted=lambda: not gone,
+                        buyer=buyer,
                     )
                 )
                 try:

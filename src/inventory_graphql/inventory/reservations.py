@@ -17,6 +17,9 @@ from inventory_graphql.database import Connection
 from inventory_graphql.inventory import validation
 from inventory_graphql.inventory.errors import Busy
 from inventory_graphql.inventory.models import (
+    ANONYMOUS,
+    BuyerRequired,
+    Caller,
     ExtendOutcome,
     HoldLimitReached,
     IdempotencyKeyReused,
@@ -24,6 +27,7 @@ from inventory_graphql.inventory.models import (
     InvalidInput,
     LineRequest,
     ProductNotFound,
+    PurchaseLimitExceeded,
     Reservation,
     ReservationLine,
     ReservationNotFound,
@@ -31,6 +35,7 @@ from inventory_graphql.inventory.models import (
     ReservationStatus,
     ReserveOutcome,
     ResolveOutcome,
+    TooManyPendingHolds,
 )
 from inventory_graphql.inventory.transactions import Rollback, in_transaction
 
@@ -38,31 +43,33 @@ from inventory_graphql.inventory.transactions import Rollback, in_transaction
 # connection, the outcome can be read back by id (see VOID_UNLESS_HELD).
 # A concurrent caller with the same key waits here until the first one commits or rolls
 # back, then either finds the key taken (replay) or takes it: one hold per key.
+# Keys are per buyer (anonymous callers share one namespace): another buyer's key is
+# another key, so it can neither replay nor reveal someone else's hold.
 INSERT_RESERVATION = """
-INSERT INTO reservation (id, idempotency_key, expires_at)
-VALUES ($1, $2, now() + make_interval(secs => $3))
-ON CONFLICT (idempotency_key) DO NOTHING
+INSERT INTO reservation (id, idempotency_key, expires_at, buyer)
+VALUES ($1, $2, now() + make_interval(secs => $3), $4)
+ON CONFLICT (buyer, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, created_at, expires_at
 """
 
-# The design's statement: the stock check is the WHERE clause, under the row lock.
-RESERVE_LINE = """
-UPDATE product SET reserved = reserved + $1, updated_at = now()
-WHERE sku = $2 AND (quantity - reserved) >= $1
-RETURNING id
-"""
+# The design's statement, with the fairness rules (migration 006): the row is locked
+# first, then the stock, the queue and the buyer's purchase limit are checked against
+# what is committed under that lock, and the line is held or the numbers say why not.
+HOLD_LINE = "SELECT * FROM hold_line($1, $2, $3)"
 
-# Why a line did not fit, asked under the row lock inside the same transaction: the
-# answer is what was true when the cart was refused (and if stock came back in between,
-# the line is tried again, now certain to see the same numbers).
-LOCK_AVAILABLE = "SELECT quantity - reserved FROM product WHERE sku = $1 FOR UPDATE"
+# The pending-hold cap per buyer: buyers are locked after every product (as everywhere),
+# then counted in a later statement, which sees every hold committed under that lock.
+LOCK_BUYER = "SELECT pg_advisory_xact_lock(hashtext('inventory.buyer'), hashtext($1))"
+PENDING_HOLDS = "SELECT count(*) FROM reservation WHERE buyer = $1 AND status = 'PENDING'"
 
 # A cart's lines as committed now, read without locks before any line is held: a cart
 # that cannot fit (a hundred lines, the last one short) is refused for the price of one
 # read instead of a hundred updates rolled back. The answer is true as of this read; a
 # cart that passes is still decided line by line under the row locks below.
+# While a waiting list waits on a product, nothing of it is available to a new reserve.
 AVAILABLE_NOW = """
-SELECT sku, quantity - reserved AS available FROM product WHERE sku = any($1::text[])
+SELECT sku, CASE WHEN waiting > 0 THEN 0 ELSE quantity - reserved END AS available
+FROM product WHERE sku = any($1::text[])
 """
 
 INSERT_LINES = """
@@ -94,7 +101,7 @@ WHERE id = any($1::uuid[]) AND status <> 'VOID'
 
 # A reservation with its lines, lines in sku order.
 RESERVATION = """
-SELECT r.id, r.status, r.created_at, r.expires_at, r.resolved_at,
+SELECT r.id, r.status, r.created_at, r.expires_at, r.resolved_at, r.buyer,
        array_agg(p.sku ORDER BY p.sku) AS skus,
        array_agg(l.quantity ORDER BY p.sku) AS quantities,
        array_agg(l.confirmed ORDER BY p.sku) AS confirmed,
@@ -106,16 +113,17 @@ WHERE r.id = $1
 GROUP BY r.id
 """
 
-KEYED = "SELECT id FROM reservation WHERE idempotency_key = $1"
+KEYED = "SELECT id FROM reservation WHERE idempotency_key = $1 AND buyer IS NOT DISTINCT FROM $2"
 
 # Each transition is guarded by `status = 'PENDING'`, so it happens at most once however
 # many callers race; a hold found past its expiry is expired instead, whoever finds it.
+# Only the hold's own buyer (or an admin, $3) can resolve it.
 RESOLVE = """
 UPDATE reservation
 SET status = CASE WHEN expires_at > now() THEN $2::reservation_status
                   ELSE 'EXPIRED' END,
     resolved_at = now()
-WHERE id = $1 AND status = 'PENDING'
+WHERE id = $1 AND status = 'PENDING' AND ($3 OR buyer IS NOT DISTINCT FROM $4)
 RETURNING status
 """
 
@@ -224,7 +232,7 @@ async def settle(conn: Connection, ids: Sequence[uuid.UUID], status: Reservation
 # change to a hold's lines or expiry happens under it, so callers racing on one hold take
 # turns, and each sees what the one before it left. The sweeper skips locked holds.
 LOCK_HOLD = """
-SELECT status::text AS status, expires_at > now() AS live,
+SELECT status::text AS status, buyer, expires_at > now() AS live,
        created_at + make_interval(secs => $2) AS max_expires_at,
        now() + make_interval(secs => $3) <= created_at + make_interval(secs => $2) AS within_cap
 FROM reservation WHERE id = $1
@@ -274,7 +282,13 @@ WHERE id = $1 AND status = 'PENDING'
 """
 
 
-Refusal = ProductNotFound | InsufficientStock
+Refusal = (
+    ProductNotFound
+    | InsufficientStock
+    | PurchaseLimitExceeded
+    | BuyerRequired
+    | TooManyPendingHolds
+)
 
 
 async def hold_lines(
@@ -283,15 +297,19 @@ async def hold_lines(
     lines: Sequence[LineRequest],
     ttl_seconds: float,
     idempotency_key: str | None = None,
+    *,
+    buyer: str | None = None,
+    max_pending: int | None = None,
 ) -> Reservation | Refusal | None:
-    """Hold every line in the caller's transaction, locking products in sku order.
+    """Hold every line for `buyer` in the caller's transaction, locking products in sku
+    order (then the buyer, when `max_pending` caps its pending holds).
 
     Returns the hold; or why a line does not fit, true under that line's row lock (the
     caller must then roll back what was held); or None, having changed nothing, when the
     idempotency key is already taken. Raises Busy when a row stays locked too long.
     """
     created = await conn.fetchrow(
-        INSERT_RESERVATION, request_id, idempotency_key, float(ttl_seconds)
+        INSERT_RESERVATION, request_id, idempotency_key, float(ttl_seconds), buyer
     )
     if created is None:
         return None
@@ -301,15 +319,22 @@ async def hold_lines(
     product_ids = []
     for line in in_lock_order:
         try:
-            product_id = await conn.fetchval(RESERVE_LINE, line.quantity, line.sku)
-            if product_id is None:
-                if refusal := _short(line, await conn.fetchval(LOCK_AVAILABLE, line.sku)):
-                    return refusal
-                product_id = await conn.fetchval(RESERVE_LINE, line.quantity, line.sku)
+            held = await conn.fetchrow(HOLD_LINE, line.sku, line.quantity, buyer)
         except asyncpg.exceptions.LockNotAvailableError as error:
             raise Busy(f"product {line.sku} is locked", (line.sku,)) from error
-        assert product_id is not None, "the row is locked and the line fits"
-        product_ids.append(product_id)
+        if held is None:
+            return ProductNotFound(line.sku)
+        if not held["held"]:
+            refusal = refused(
+                line, buyer, held["available"], held["purchase_limit"], held["held_by_buyer"]
+            )
+            assert refusal is not None, "hold_line refuses only what does not fit"
+            return refusal
+        product_ids.append(held["product_id"])
+    if max_pending is not None and buyer is not None:
+        await conn.execute(LOCK_BUYER, buyer)
+        if await conn.fetchval(PENDING_HOLDS, buyer) > max_pending:  # this one included
+            return TooManyPendingHolds(max_pending)
     await conn.execute(
         INSERT_LINES, created["id"], product_ids, [line.quantity for line in in_lock_order]
     )
@@ -335,6 +360,26 @@ def first_short(lines: Sequence[LineRequest], available: Mapping[str, int]) -> R
     for line in lines:
         if refusal := _short(line, available.get(line.sku)):
             return refusal
+    return None
+
+
+def refused(
+    line: LineRequest,
+    buyer: str | None,
+    available: int,
+    purchase_limit: int | None,
+    held_by_buyer: int | None,
+) -> PurchaseLimitExceeded | BuyerRequired | InsufficientStock | None:
+    """Why `line` was not held, from the numbers under its product's row lock: the
+    buyer's limit first (the buyer's own cap), then the stock (0 while a queue waits)."""
+    if purchase_limit is not None:
+        if buyer is None:
+            return BuyerRequired(line.sku)
+        assert held_by_buyer is not None, "a buyer's tally is read for a limited product"
+        if held_by_buyer + line.quantity > purchase_limit:
+            return PurchaseLimitExceeded(line.sku, purchase_limit, held_by_buyer)
+    if available < line.quantity:
+        return InsufficientStock(line.sku, line.quantity, available)
     return None
 
 
@@ -386,16 +431,20 @@ def _same_lines(reservation: Reservation, lines: Sequence[LineRequest]) -> bool:
 
 
 class Reservations:
-    def __init__(self, pool: asyncpg.Pool, default_ttl_seconds: int) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, default_ttl_seconds: int, max_pending: int | None = None
+    ) -> None:
         self._pool = pool
         self.default_ttl = default_ttl_seconds
+        self.max_pending = max_pending  # PENDING holds per buyer; None: no cap
 
-    async def get(self, reservation_id: str) -> Reservation | None:
+    async def get(self, reservation_id: str, caller: Caller = ANONYMOUS) -> Reservation | None:
+        """The hold, if it is the caller's: another buyer's hold is as unknown as no hold."""
         rid = validation.parse_reservation_id(reservation_id)
         if rid is None:
             return None
         row = await self._pool.fetchrow(RESERVATION, rid)
-        return _reservation_from_row(row) if row else None
+        return _reservation_from_row(row) if row and caller.owns(row["buyer"]) else None
 
     async def reserve(
         self,
@@ -404,6 +453,7 @@ class Reservations:
         ttl_seconds: int,
         idempotency_key: str | None = None,
         wanted: Callable[[], bool] = lambda: True,
+        buyer: str | None = None,
     ) -> ReserveOutcome:
         """Hold every line or none of them, in a transaction of its own.
 
@@ -415,9 +465,17 @@ class Reservations:
         async def hold(conn: Connection) -> ReserveOutcome:
             if not wanted():
                 raise asyncio.CancelledError  # nothing done: the caller is gone
-            held = await hold_lines(conn, request_id, lines, ttl_seconds, idempotency_key)
+            held = await hold_lines(
+                conn,
+                request_id,
+                lines,
+                ttl_seconds,
+                idempotency_key,
+                buyer=buyer,
+                max_pending=self.max_pending,
+            )
             if held is None:
-                raise Rollback(await self._replay(conn, idempotency_key, lines))
+                raise Rollback(await self._replay(conn, idempotency_key, lines, buyer))
             if not isinstance(held, Reservation):
                 raise Rollback(held)  # short or unknown: nothing stays held
             return held
@@ -454,35 +512,37 @@ class Reservations:
         return await in_transaction(self._pool, give_back)
 
     async def _replay(
-        self, conn: Connection, key: str | None, lines: Sequence[LineRequest]
+        self, conn: Connection, key: str | None, lines: Sequence[LineRequest], buyer: str | None
     ) -> Reservation | IdempotencyKeyReused:
         assert key is not None, "only a keyed insert can conflict"
-        # Only on a replay: the key's id, then the reservation as `get` reads it.
-        row = await conn.fetchrow(RESERVATION, await conn.fetchval(KEYED, key))
+        # Only on a replay: the key's id (the buyer's own), then the reservation.
+        row = await conn.fetchrow(RESERVATION, await conn.fetchval(KEYED, key, buyer))
         assert row is not None, "the key conflicted, so its reservation exists"
         existing = _reservation_from_row(row)
         return existing if _same_lines(existing, lines) else IdempotencyKeyReused(key)
 
-    async def confirm(self, reservation_id: str) -> ResolveOutcome:
+    async def confirm(self, reservation_id: str, caller: Caller = ANONYMOUS) -> ResolveOutcome:
         """Payment went through: the held units leave the stock."""
-        return await self._resolve(reservation_id, ReservationStatus.CONFIRMED)
+        return await self._resolve(reservation_id, ReservationStatus.CONFIRMED, caller)
 
-    async def release(self, reservation_id: str) -> ResolveOutcome:
+    async def release(self, reservation_id: str, caller: Caller = ANONYMOUS) -> ResolveOutcome:
         """Payment failed or the shopper left: the held units return."""
-        return await self._resolve(reservation_id, ReservationStatus.RELEASED)
+        return await self._resolve(reservation_id, ReservationStatus.RELEASED, caller)
 
-    async def _resolve(self, reservation_id: str, target: ReservationStatus) -> ResolveOutcome:
+    async def _resolve(
+        self, reservation_id: str, target: ReservationStatus, caller: Caller
+    ) -> ResolveOutcome:
         rid = validation.parse_reservation_id(reservation_id)
         if rid is None:
             return ReservationNotFound(reservation_id)
 
         async def resolve(conn: Connection) -> None:
-            status = await conn.fetchval(RESOLVE, rid, target.value)
+            status = await conn.fetchval(RESOLVE, rid, target.value, caller.admin, caller.buyer)
             if status is not None:
                 await settle(conn, [rid], ReservationStatus(status))
 
         await in_transaction(self._pool, resolve)
-        reservation = await self.get(reservation_id)
+        reservation = await self.get(reservation_id, caller)
         if reservation is None:
             return ReservationNotFound(reservation_id)
         if reservation.status is target or (
@@ -492,7 +552,11 @@ class Reservations:
         return ReservationNotPending(reservation.id, reservation.status)
 
     async def extend(
-        self, reservation_id: str, ttl_seconds: int, max_hold_seconds: int
+        self,
+        reservation_id: str,
+        ttl_seconds: int,
+        max_hold_seconds: int,
+        caller: Caller = ANONYMOUS,
     ) -> ExtendOutcome:
         """Hold until at least `ttl_seconds` from now, never past `max_hold_seconds` from
         the hold's creation (then HoldLimitReached, and nothing changes)."""
@@ -502,7 +566,7 @@ class Reservations:
 
         async def extend(conn: Connection) -> ExtendOutcome:
             hold = await conn.fetchrow(LOCK_HOLD, rid, float(max_hold_seconds), float(ttl_seconds))
-            if ended := await self._ended(conn, rid, reservation_id, hold):
+            if ended := await self._ended(conn, rid, reservation_id, hold, caller):
                 return ended
             assert hold is not None, "_ended answers for a missing hold"
             if not hold["within_cap"]:
@@ -513,19 +577,23 @@ class Reservations:
         return await in_transaction(self._pool, extend)
 
     async def confirm_part(
-        self, reservation_id: str, lines: Sequence[LineRequest]
+        self, reservation_id: str, lines: Sequence[LineRequest], caller: Caller = ANONYMOUS
     ) -> ResolveOutcome:
         """Ship these units of the hold and give back every other unit it holds."""
-        return await self._part(reservation_id, lines, ReservationStatus.CONFIRMED)
+        return await self._part(reservation_id, lines, ReservationStatus.CONFIRMED, caller)
 
     async def release_part(
-        self, reservation_id: str, lines: Sequence[LineRequest]
+        self, reservation_id: str, lines: Sequence[LineRequest], caller: Caller = ANONYMOUS
     ) -> ResolveOutcome:
         """Give back these units; the hold ends (RELEASED) once it holds none."""
-        return await self._part(reservation_id, lines, ReservationStatus.RELEASED)
+        return await self._part(reservation_id, lines, ReservationStatus.RELEASED, caller)
 
     async def _part(
-        self, reservation_id: str, lines: Sequence[LineRequest], target: ReservationStatus
+        self,
+        reservation_id: str,
+        lines: Sequence[LineRequest],
+        target: ReservationStatus,
+        caller: Caller,
     ) -> ResolveOutcome:
         rid = validation.parse_reservation_id(reservation_id)
         if rid is None:
@@ -534,7 +602,7 @@ class Reservations:
 
         async def part(conn: Connection) -> ResolveOutcome:
             hold = await conn.fetchrow(LOCK_HOLD, rid, 0.0, 0.0)
-            if ended := await self._ended(conn, rid, reservation_id, hold):
+            if ended := await self._ended(conn, rid, reservation_id, hold, caller):
                 if isinstance(ended, ReservationNotPending):
                     return await self._repeated(conn, rid, lines, target, ended)
                 return ended
@@ -571,10 +639,12 @@ class Reservations:
         rid: uuid.UUID,
         reservation_id: str,
         hold: asyncpg.Record | None,
+        caller: Caller,
     ) -> ReservationNotFound | ReservationNotPending | None:
-        """Why a locked hold cannot change, if it cannot. A hold found past its expiry is
-        expired here, by whoever finds it (as the sweeper would)."""
-        if hold is None or hold["status"] == "VOID":
+        """Why a locked hold cannot change, if it cannot (another buyer's is unknown). A
+        hold found past its expiry is expired here, by whoever finds it (as the sweeper
+        would)."""
+        if hold is None or hold["status"] == "VOID" or not caller.owns(hold["buyer"]):
             return ReservationNotFound(reservation_id)
         if hold["status"] != ReservationStatus.PENDING.value:
             return ReservationNotPending(reservation_id, ReservationStatus(hold["status"]))

@@ -30,7 +30,10 @@ def check_sku(sku: str, field: str = "sku") -> InvalidInput | None:
 
 
 def check_reserve(
-    lines: Sequence[LineRequest], ttl_seconds: int | None, idempotency_key: str | None
+    lines: Sequence[LineRequest],
+    ttl_seconds: int | None,
+    idempotency_key: str | None,
+    max_units: int = MAX_LINE_QUANTITY,
 ) -> InvalidInput | None:
     if not lines:
         return InvalidInput("lines", "must name at least one product")
@@ -43,8 +46,8 @@ def check_reserve(
         if line.sku in seen:
             return InvalidInput(f"lines[{i}].sku", f"{line.sku} appears more than once")
         seen.add(line.sku)
-        if not 1 <= line.quantity <= MAX_LINE_QUANTITY:
-            return InvalidInput(f"lines[{i}].quantity", f"must be 1 to {MAX_LINE_QUANTITY:,}")
+        if not 1 <= line.quantity <= max_units:
+            return InvalidInput(f"lines[{i}].quantity", f"must be 1 to {max_units:,}")
     if ttl_seconds is not None and not TTL_RANGE[0] <= ttl_seconds <= TTL_RANGE[1]:
         return InvalidInput("ttlSeconds", f"must be {TTL_RANGE[0]} to {TTL_RANGE[1]}")
     if idempotency_key is not None and (
@@ -68,6 +71,15 @@ def check_part(lines: Sequence[LineRequest]) -> InvalidInput | None:
     return check_reserve(lines, None, None)
 
 
+def check_waitlist_join(sku: str, quantity: int, max_units: int) -> InvalidInput | None:
+    """A join waits for one cart line's worth: 1 to INVENTORY_MAX_UNITS_PER_LINE units."""
+    if error := check_sku(sku):
+        return error
+    if not 1 <= quantity <= max_units:
+        return InvalidInput("quantity", f"must be 1 to {max_units:,}")
+    return None
+
+
 def check_new_product(sku: str, name: str, quantity: int) -> InvalidInput | None:
     if error := check_sku(sku):
         return error
@@ -75,6 +87,14 @@ def check_new_product(sku: str, name: str, quantity: int) -> InvalidInput | None
         return InvalidInput("name", f"must be 1 to {MAX_NAME} characters, not blank")
     if not 0 <= quantity <= MAX_STOCK:
         return InvalidInput("quantity", f"must be 0 to {MAX_STOCK:,}")
+    return None
+
+
+def check_purchase_limit(sku: str, per_buyer: int | None) -> InvalidInput | None:
+    if error := check_sku(sku):
+        return error
+    if per_buyer is not None and not 1 <= per_buyer <= MAX_STOCK:
+        return InvalidInput("perBuyer", f"must be 1 to {MAX_STOCK:,}, or null for no limit")
     return None
 
 
