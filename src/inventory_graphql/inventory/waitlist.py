@@ -1,0 +1,160 @@
+"""The waiting list: joining, leaving, and reading an entry.
+
+Migration 006 does the handing out: whenever a product row changes and leaves units
+available while entries wait, its trigger offers the head entry a PENDING hold in the
+same transaction (strict FIFO). This module only adds and removes entries, each time
+under the product's row lock taken first (the lock every writer of the queue and of a
+buyer's tally holds), and moves `product.waiting` with them in the same statement, so
+the trigger sees the queue as it now is.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from inventory_graphql.database import Connection
+from inventory_graphql.inventory import validation
+from inventory_graphql.inventory.models import (
+    Caller,
+    InvalidInput,
+    ProductNotFound,
+    PurchaseLimitExceeded,
+    WaitlistEntry,
+    WaitlistEntryNotFound,
+    WaitlistOutcome,
+    WaitlistStatus,
+)
+from inventory_graphql.inventory.transactions import Rollback, in_transaction
+
+LOCK_PRODUCT = "SELECT id, purchase_limit FROM product WHERE sku = $1 FOR UPDATE"
+
+LOCK_PRODUCT_BY_ID = "SELECT id FROM product WHERE id = $1 FOR UPDATE"
+
+# Decided after the product's lock was granted (a new statement: a fresh snapshot), so
+# the buyer's WAITING entry and tally are what is committed under that lock. The entry
+# is added only when the buyer has none and stays within the limit; `waiting` grows in
+# the same statement, and the product trigger then offers the entry its hold at once if
+# it is the head and fits.
+JOIN = """
+WITH existing AS (
+    SELECT id, quantity FROM waitlist_entry
+    WHERE product_id = $1 AND buyer = $2 AND status = 'WAITING'
+), tally AS (
+    SELECT CASE WHEN $4::int IS NOT NULL THEN buyer_tally($2, $1) END AS held
+), joined AS (
+    INSERT INTO waitlist_entry (product_id, buyer, quantity)
+    SELECT $1, $2, $3 FROM tally t
+    WHERE NOT EXISTS (SELECT 1 FROM existing)
+      AND ($4::int IS NULL OR t.held + $3 <= $4)
+    RETURNING id
+), queued AS (
+    UPDATE product SET waiting = waiting + $3, updated_at = now()
+    WHERE id = $1 AND EXISTS (SELECT 1 FROM joined)
+)
+SELECT (SELECT id FROM joined) AS joined,
+       (SELECT id FROM existing) AS existing,
+       (SELECT quantity FROM existing) AS existing_quantity,
+       (SELECT held FROM tally) AS held
+"""
+
+OWNER = "SELECT product_id, buyer FROM waitlist_entry WHERE id = $1"
+
+# Under the product's lock: an entry still WAITING leaves (once: the guard) and its units
+# leave `waiting` in the same statement; the trigger may then offer the next head.
+LEAVE = """
+WITH left_queue AS (
+    UPDATE waitlist_entry SET status = 'LEFT', resolved_at = now()
+    WHERE id = $1 AND status = 'WAITING'
+    RETURNING product_id, quantity
+)
+UPDATE product p SET waiting = p.waiting - l.quantity, updated_at = now()
+FROM left_queue l WHERE p.id = l.product_id
+"""
+
+# An entry as it stands; `position` counts the WAITING entries of its product up to it
+# in join order (the queue's index).
+ENTRY = """
+SELECT w.id::text, p.sku, w.buyer, w.quantity, w.status::text AS status,
+       w.reservation_id::text, w.created_at,
+       CASE WHEN w.status = 'WAITING' THEN (
+           SELECT count(*) FROM waitlist_entry o
+           WHERE o.product_id = w.product_id AND o.status = 'WAITING' AND o.seq <= w.seq)
+       END AS position
+FROM waitlist_entry w JOIN product p ON p.id = w.product_id
+WHERE w.id = $1
+"""
+
+
+def _entry(row: asyncpg.Record) -> WaitlistEntry:
+    return WaitlistEntry(
+        id=row["id"],
+        sku=row["sku"],
+        quantity=row["quantity"],
+        status=WaitlistStatus(row["status"]),
+        position=row["position"],
+        reservation_id=row["reservation_id"],
+        created_at=row["created_at"],
+    )
+
+
+class Waitlist:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def join(self, sku: str, quantity: int, buyer: str) -> WaitlistOutcome:
+        """Inputs are valid (the service checked them)."""
+
+        async def join(conn: Connection) -> WaitlistOutcome:
+            product = await conn.fetchrow(LOCK_PRODUCT, sku)
+            if product is None:
+                return ProductNotFound(sku)
+            limit = product["purchase_limit"]
+            row = await conn.fetchrow(JOIN, product["id"], buyer, quantity, limit)
+            assert row is not None, "the statement always returns one row"
+            if row["joined"] is not None:
+                return await _read(conn, row["joined"])
+            if row["existing"] is not None:
+                if row["existing_quantity"] == quantity:
+                    # Joining again is answered with the entry (a retried join is safe).
+                    return await _read(conn, row["existing"])
+                return InvalidInput(
+                    "quantity",
+                    f"you already wait for {row['existing_quantity']} of {sku}: "
+                    "leave the waiting list first to wait for another quantity",
+                )
+            return PurchaseLimitExceeded(sku, limit, row["held"])
+
+        return await in_transaction(self._pool, join)
+
+    async def leave(self, entry_id: str, caller: Caller) -> WaitlistOutcome:
+        """Only the entry's buyer (or an admin) sees it; others are told it is unknown.
+        An entry no longer WAITING is answered as it is: leaving twice is safe."""
+        parsed = validation.parse_reservation_id(entry_id)
+        if parsed is None:
+            return WaitlistEntryNotFound(entry_id)
+
+        async def leave(conn: Connection) -> WaitlistOutcome:
+            owner = await conn.fetchrow(OWNER, parsed)
+            if owner is None or not caller.owns(owner["buyer"]):
+                raise Rollback(WaitlistEntryNotFound(entry_id))
+            await conn.execute(LOCK_PRODUCT_BY_ID, owner["product_id"])
+            await conn.execute(LEAVE, parsed)
+            return await _read(conn, parsed)
+
+        return await in_transaction(self._pool, leave)
+
+    async def entry(self, entry_id: str, caller: Caller) -> WaitlistEntry | None:
+        """The entry as it stands; None when unknown, malformed or another buyer's."""
+        parsed = validation.parse_reservation_id(entry_id)
+        if parsed is None:
+            return None
+        row = await self._pool.fetchrow(ENTRY, parsed)
+        if row is None or not caller.owns(row["buyer"]):
+            return None
+        return _entry(row)
+
+
+async def _read(conn: Connection, entry_id: object) -> WaitlistEntry:
+    row = await conn.fetchrow(ENTRY, entry_id)
+    assert row is not None, "an entry is never deleted"
+    return _entry(row)
