@@ -7,9 +7,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
+import jwt
 import psutil
 
 from inventory_graphql.testing.server import ServerProcess
@@ -85,3 +87,29 @@ async def test_check_exits_non_zero_on_a_mismatch(database_url, db, make_product
 def test_export_schema_prints_the_sdl():
     out = run_cli("export-schema", env={})
     assert out.returncode == 0 and "union ReserveResult" in out.stdout
+
+
+def test_buyer_token_prints_a_token_the_server_accepts_for_that_buyer():
+    from inventory_graphql.api.buyers import BuyerTokens
+
+    secret = "cli-buyer-secret-" + "x" * 32
+    out = run_cli(
+        "buyer-token", "buyer-7", "--ttl", "120", env={"INVENTORY_BUYER_TOKEN_SECRET": secret}
+    )
+    assert out.returncode == 0, out.stderr
+    token = out.stdout.strip()
+    assert out.stdout == token + "\n"  # one line, for $(inventory-graphql buyer-token ...)
+    assert BuyerTokens(secret).verify(token) == "buyer-7"
+    claims = jwt.decode(token, secret, algorithms=["HS256"])
+    assert 110 <= claims["exp"] - time.time() <= 120
+    default = run_cli("buyer-token", "b", env={"INVENTORY_BUYER_TOKEN_SECRET": secret})
+    claims = jwt.decode(default.stdout.strip(), secret, algorithms=["HS256"])
+    assert 3590 <= claims["exp"] - time.time() <= 3600
+
+
+def test_buyer_token_needs_the_secret():
+    out = run_cli("buyer-token", "buyer-7", env={"INVENTORY_BUYER_TOKEN_SECRET": ""})
+    assert out.returncode == 2 and out.stdout == ""
+    assert "INVENTORY_BUYER_TOKEN_SECRET is not set" in out.stderr
+    bad = run_cli("buyer-token", "", env={"INVENTORY_BUYER_TOKEN_SECRET": "s" * 32})
+    assert bad.returncode == 2 and "1 to 255" in bad.stderr

@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 
 from inventory_graphql import garbage_collection
 from inventory_graphql.api.auth import Tokens, bearer, matches
+from inventory_graphql.api.buyers import BuyerTokens
 from inventory_graphql.api.client_limits import ClientLimits, ConnectionCap
 from inventory_graphql.api.cost_budget import BudgetGate, CostBudget
 from inventory_graphql.api.delivery import Renderings
@@ -166,7 +167,12 @@ def create_app(
         # Nobody was shown this token (`serve` prints the one it makes), so admin is locked.
         log.warning("INVENTORY_ADMIN_TOKEN is not set: admin mutations are locked")
     assert settings.admin_token is not None
-    tokens = Tokens(admin=settings.admin_token, storefront=settings.storefront_token)
+    secret = settings.buyer_token_secret
+    tokens = Tokens(
+        admin=settings.admin_token,
+        storefront=settings.storefront_token,
+        buyers=BuyerTokens(secret) if secret is not None else None,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[AppState]:

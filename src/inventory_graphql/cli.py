@@ -1,4 +1,5 @@
-"""`inventory-graphql serve | migrate | check | export-schema | trusted-documents`."""
+"""`inventory-graphql serve | migrate | check | export-schema | trusted-documents |
+buyer-token`."""
 
 from __future__ import annotations
 
@@ -167,6 +168,25 @@ def _trusted_documents(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _buyer_token(args: argparse.Namespace, settings: Settings) -> int:
+    from inventory_graphql.api.buyers import BuyerTokens
+
+    if settings.buyer_token_secret is None:
+        print(
+            "inventory-graphql: INVENTORY_BUYER_TOKEN_SECRET is not set: "
+            "buyer tokens are signed with it (the server must have the same one)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        token = BuyerTokens(settings.buyer_token_secret).mint(args.buyer, args.ttl)
+    except ValueError as error:
+        print(f"inventory-graphql: {error}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inventory-graphql", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -212,6 +232,14 @@ def _parser() -> argparse.ArgumentParser:
     trusted.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if the file is not up to date"
     )
+    buyer = commands.add_parser(
+        "buyer-token",
+        help="print a buyer token (a JWT signed with INVENTORY_BUYER_TOKEN_SECRET)",
+    )
+    buyer.add_argument("buyer", metavar="BUYER_ID", help="the buyer id (1-255 characters)")
+    buyer.add_argument(
+        "--ttl", type=int, default=3600, metavar="SECONDS", help="valid for (default 3600)"
+    )
     return parser
 
 
@@ -231,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "trusted-documents":
         return _trusted_documents(args, settings)
+    if args.command == "buyer-token":
+        return _buyer_token(args, settings)
     configure_logging(settings.log_format)
     if args.data_dir is not None:
         settings = dataclasses.replace(settings, data_dir=args.data_dir)

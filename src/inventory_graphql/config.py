@@ -83,15 +83,26 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _secret_key(raw: str) -> str:
+    # HS256 wants a key of at least its hash's 32 bytes (RFC 7518 3.2); a shorter one can
+    # be guessed offline from any token it signed.
+    if len(raw.encode()) < 32:
+        raise ValueError("at least 32 bytes (for instance `openssl rand -hex 32`)")
+    return raw
+
+
 def _env_is_production(raw: str) -> bool:
     # Anything but "production" is a development setup (the README's documented values).
     value: str = _choice("production", "development")(raw)
     return value == "production"
 
 
-def _setting(variable: str, default: T, read: Reader) -> T:
-    """A field read from `variable` (unset or empty: the default)."""
-    return dataclasses.field(default=default, metadata={"env": variable, "read": read})
+def _setting(variable: str, default: T, read: Reader, *, secret: bool = False) -> T:
+    """A field read from `variable` (unset or empty: the default). A `secret`'s value is
+    never repeated in an error."""
+    return dataclasses.field(
+        default=default, metadata={"env": variable, "read": read, "secret": secret}
+    )
 
 
 @dataclass(frozen=True)
@@ -106,7 +117,9 @@ class Settings:
     # Buyers (api/buyers.py): the shared secret the shop's backend signs buyer tokens
     # (HS256 JWTs) with. Unset: every caller is anonymous, and a product with a purchase
     # limit cannot be reserved (BuyerRequired).
-    buyer_token_secret: str | None = _setting("INVENTORY_BUYER_TOKEN_SECRET", None, _text)
+    buyer_token_secret: str | None = _setting(
+        "INVENTORY_BUYER_TOKEN_SECRET", None, _secret_key, secret=True
+    )
     # Caps for everyone: units per cart line, and PENDING holds per buyer (0: no cap).
     max_units_per_line: int = _setting(
         "INVENTORY_MAX_UNITS_PER_LINE", 1_000_000, _integer(1, 1_000_000)
@@ -241,7 +254,8 @@ class Settings:
             try:
                 values[field.name] = field.metadata["read"](raw)
             except ValueError as error:
-                raise ConfigError(f"{variable}={raw!r} is not valid: expected {error}") from None
+                shown = variable if field.metadata["secret"] else f"{variable}={raw!r}"
+                raise ConfigError(f"{shown} is not valid: expected {error}") from None
         return cls(**values)
 
     @classmethod

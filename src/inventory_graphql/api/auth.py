@@ -1,5 +1,6 @@
 """Who may do what: admin mutations need the admin token; with a storefront token set,
-everything else needs it (or the admin token)."""
+everything else needs it (or the admin token, or a buyer token); a buyer token names the
+buyer whose holds a caller acts on."""
 
 from __future__ import annotations
 
@@ -11,11 +12,20 @@ from typing import Any
 import strawberry
 from strawberry.permission import BasePermission
 
+from inventory_graphql.api.buyers import BuyerTokens, TokenRefused
+from inventory_graphql.inventory.models import ADMIN, ANONYMOUS, Caller
+
+
+@dataclass(frozen=True)
+class StorefrontRequired:
+    """INVENTORY_STOREFRONT_TOKEN is set and the caller brought none of the tokens."""
+
 
 @dataclass(frozen=True)
 class Tokens:
     admin: str
     storefront: str | None = None
+    buyers: BuyerTokens | None = None  # None: INVENTORY_BUYER_TOKEN_SECRET unset
 
     def is_admin(self, presented: str | None) -> bool:
         return matches(presented, self.admin)
@@ -24,6 +34,20 @@ class Tokens:
         if self.storefront is None or self.is_admin(presented):
             return True
         return matches(presented, self.storefront)
+
+    def caller(self, presented: str | None) -> Caller | TokenRefused | StorefrontRequired:
+        """Who the bearer of `presented` is. With a buyer secret set, any bearer token
+        but the admin and storefront ones is a buyer token and must verify: a client
+        that means to be a buyer is never served as someone else."""
+        if self.is_admin(presented):
+            return ADMIN
+        if self.storefront is not None and matches(presented, self.storefront):
+            return ANONYMOUS
+        if self.buyers is not None and presented is not None:
+            buyer = self.buyers.verify(presented)
+            # The shop's backend minted it: it is as good as the storefront token.
+            return buyer if isinstance(buyer, TokenRefused) else Caller(buyer=buyer)
+        return ANONYMOUS if self.storefront is None else StorefrontRequired()
 
 
 def matches(presented: str | None, token: str) -> bool:

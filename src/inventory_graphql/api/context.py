@@ -27,6 +27,9 @@ class Context:
     live_interval_seconds: float = 0.0
     renderings: Renderings | None = None  # shared by this process's subscriptions
     is_admin: bool = False
+    # Whose holds this request may see and act on (a verified buyer token, the admin
+    # token, or nobody: anonymous). Over WebSocket, set from connection_init.
+    caller: models.Caller = models.ANONYMOUS
     connection_params: object = None  # a WebSocket's connection_init payload
     cost_budget: CostBudget | None = None  # what the client may still spend (request_guards)
     products: DataLoader[str, models.Product | None] = field(init=False)

@@ -7,14 +7,16 @@ from typing import Any
 import orjson
 from cross_web import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.schema import BaseSchema
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UnsetType
 
-from inventory_graphql.api.auth import Tokens, bearer, connection_token
+from inventory_graphql.api.auth import StorefrontRequired, Tokens, bearer, connection_token
+from inventory_graphql.api.buyers import TokenRefused
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.internals import (
     DirectDeliveryTransportWsHandler,
@@ -22,6 +24,7 @@ from inventory_graphql.api.internals import (
     GuardedTransportWsHandler,
 )
 from inventory_graphql.api.trusted_documents import DocumentRefused, Manifest, TrustedDocuments
+from inventory_graphql.inventory.models import ANONYMOUS, Caller
 from inventory_graphql.request_id import current_request_id
 from inventory_graphql.state import app_state
 
@@ -29,6 +32,31 @@ BODY_SHAPE = (
     "The request body must be one JSON object with a `query` or a `documentId` (batching is off)."
 )
 STOREFRONT_REFUSAL = "This needs the storefront token: send `Authorization: Bearer <token>`."
+
+
+class Unauthenticated(Exception):
+    """A buyer token that cannot be used: answered 401 before anything is read or run."""
+
+    def __init__(self, refused: TokenRefused) -> None:
+        super().__init__(refused.message)
+        self.refused = refused
+
+    def response(self) -> Response:
+        # A GraphQL error body, as other refusals at the door (RATE_LIMITED) are, and
+        # RFC 6750's challenge. The token itself is never repeated.
+        error = {
+            "message": self.refused.message,
+            "extensions": {
+                "code": "UNAUTHENTICATED",
+                "reason": self.refused.reason,
+                "requestId": current_request_id(),
+            },
+        }
+        return JSONResponse(
+            {"data": None, "errors": [error]},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
 
 
 class GraphQLEndpoint(DocumentIdView):
@@ -49,6 +77,12 @@ class GraphQLEndpoint(DocumentIdView):
         self.graphql_transport_ws_handler_class = (
             DirectDeliveryTransportWsHandler if direct_delivery else GuardedTransportWsHandler
         )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except Unauthenticated as refused:  # from get_context: nothing was answered yet
+            await refused.response()(scope, receive, send)
 
     def parse_json(self, data: str | bytes) -> dict[str, object]:
         # Strawberry crashes (500) on JSON that is not an object, and on invalid UTF-8.
@@ -73,8 +107,12 @@ class GraphQLEndpoint(DocumentIdView):
         # The service lives in the app's lifespan state, not in a module global.
         state = app_state(request)
         token = bearer(request.headers)
-        if isinstance(request, Request) and not self.tokens.is_shopper(token):
-            raise HTTPException(401, STOREFRONT_REFUSAL)
+        caller = self.tokens.caller(token)
+        if isinstance(request, Request):
+            if isinstance(caller, TokenRefused):
+                raise Unauthenticated(caller)
+            if isinstance(caller, StorefrontRequired):
+                raise HTTPException(401, STOREFRONT_REFUSAL)
         return Context(
             request=request,
             response=response if isinstance(response, Response) else None,
@@ -84,6 +122,10 @@ class GraphQLEndpoint(DocumentIdView):
             renderings=state["renderings"],
             live_interval_seconds=self.live_interval_seconds,
             is_admin=self.tokens.is_admin(token),
+            # Over WebSocket the caller is decided at connection_init (on_ws_connect).
+            caller=caller
+            if isinstance(request, Request) and isinstance(caller, Caller)
+            else ANONYMOUS,
             cost_budget=state["cost_budget"],
         )
 
@@ -100,11 +142,18 @@ class GraphQLEndpoint(DocumentIdView):
             raise refused.error(requestId=current_request_id()) from None
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
-        # Browsers cannot set headers on a WebSocket: the token comes in connection_init.
-        if not self.tokens.is_shopper(
-            connection_token(getattr(context, "connection_params", None))
-        ):
+        # Browsers cannot set headers on a WebSocket: the token comes in connection_init
+        # (a client that can set headers may send it in the handshake's instead).
+        presented = connection_token(getattr(context, "connection_params", None)) or bearer(
+            context.request.headers
+        )
+        caller = self.tokens.caller(presented)
+        if isinstance(caller, TokenRefused):
+            raise ConnectionRejectionError({"reason": caller.message})  # closes with 4403
+        if isinstance(caller, StorefrontRequired):
             raise ConnectionRejectionError({"reason": STOREFRONT_REFUSAL})  # closes with 4403
+        context.caller = caller
+        context.is_admin = context.is_admin or caller.admin
         return await super().on_ws_connect(context)
 
 
