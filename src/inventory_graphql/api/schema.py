@@ -13,6 +13,7 @@ from strawberry.extensions import (
     MaxAliasesLimiter,
     QueryDepthLimiter,
 )
+from strawberry.tools import merge_types
 
 from inventory_graphql.api import fields
 from inventory_graphql.api.auth import IsAdmin
@@ -37,6 +38,7 @@ from inventory_graphql.api.request_guards import Guards, Limits, RequestGuards
 from inventory_graphql.api.subscriptions import MAX_SKUS, Subscription
 from inventory_graphql.api.trusted_documents import Manifest
 from inventory_graphql.api.types import Product, Reservation, ReserveLineInput
+from inventory_graphql.api.waitlist import WaitlistMutation, WaitlistQuery, WaitlistSubscription
 from inventory_graphql.config import Settings
 from inventory_graphql.inventory import validation
 from inventory_graphql.inventory.models import LineRequest
@@ -79,9 +81,15 @@ PRICES = {
     ("Mutation", "extendReservation"): Price(each=READ),
     ("Mutation", "createProduct"): Price(each=READ),
     ("Mutation", "adjustStock"): Price(each=READ),
+    ("Mutation", "setPurchaseLimit"): Price(each=READ),
     # A stream: its first results, one per sku, are read together.
     ("Subscription", "availability"): Price(each=READ, most=MAX_SKUS, bounded_by=("skus",)),
     ("Subscription", "reservation"): Price(each=READ),
+    ("Query", "waitlistEntry"): Price(each=READ),
+    ("Mutation", "joinWaitlist"): Price(each=READ),
+    ("Mutation", "leaveWaitlist"): Price(each=READ),
+    ("Subscription", "waitlistEntry"): Price(each=READ),
+    ("WaitlistEntry", "reservation"): Price(each=READ),
 }
 T = TypeVar("T")
 
@@ -127,7 +135,7 @@ class Query:
 
     @fields.field(description="A reservation by id; null when unknown or malformed.")
     async def reservation(self, info: Info, id: strawberry.ID) -> Reservation | None:
-        found = await info.context.service.reservation(id)
+        found = await info.context.service.reservation(id, caller=info.context.caller)
         return Reservation.from_domain(found) if found else None
 
 
@@ -144,7 +152,12 @@ class Mutation:
         requested = _requests(lines)
         outcome = await unless_disconnected(
             info.context.request,
-            info.context.service.reserve(requested, _given(ttl_seconds), _given(idempotency_key)),
+            info.context.service.reserve(
+                requested,
+                _given(ttl_seconds),
+                _given(idempotency_key),
+                caller=info.context.caller,
+            ),
         )
         if info.context.metrics is not None:
             info.context.metrics.reservations.labels(type(outcome).__name__).inc()
@@ -157,7 +170,11 @@ class Mutation:
     async def confirm(
         self, info: Info, id: strawberry.ID, lines: list[ReserveLineInput] | None = UNSET
     ) -> ResolveResult:
-        return resolve_result(await info.context.service.confirm(id, _line_requests(lines)))
+        return resolve_result(
+            await info.context.service.confirm(
+                id, _line_requests(lines), caller=info.context.caller
+            )
+        )
 
     @fields.mutation(
         description="Payment failed: the held units return to the stock. With `lines`, only "
@@ -166,7 +183,11 @@ class Mutation:
     async def release(
         self, info: Info, id: strawberry.ID, lines: list[ReserveLineInput] | None = UNSET
     ) -> ResolveResult:
-        return resolve_result(await info.context.service.release(id, _line_requests(lines)))
+        return resolve_result(
+            await info.context.service.release(
+                id, _line_requests(lines), caller=info.context.caller
+            )
+        )
 
     @fields.mutation(
         description="Hold until at least `ttlSeconds` (1-3600) from now; a hold lives at most "
@@ -175,7 +196,9 @@ class Mutation:
     async def extend_reservation(
         self, info: Info, id: strawberry.ID, ttl_seconds: int
     ) -> ExtendResult:
-        return extend_result(await info.context.service.extend(id, ttl_seconds))
+        return extend_result(
+            await info.context.service.extend(id, ttl_seconds, caller=info.context.caller)
+        )
 
     @fields.mutation(
         description="Add a product with its initial stock. Needs the admin token.",
@@ -190,6 +213,23 @@ class Mutation:
     )
     async def adjust_stock(self, info: Info, sku: str, delta: int, reason: str) -> ProductResult:
         return product_result(await info.context.service.adjust_stock(sku, delta, reason))
+
+    @fields.mutation(
+        description="Units of `sku` one buyer may hold plus have bought (1 up); null removes "
+        "the limit. Holds and purchases made before a lower limit stand. Needs the admin token.",
+        permission_classes=[IsAdmin],
+    )
+    async def set_purchase_limit(
+        self, info: Info, sku: str, per_buyer: int | None = UNSET
+    ) -> ProductResult:
+        limit = _given(per_buyer)  # absent, as null, removes the limit
+        return product_result(await info.context.service.set_purchase_limit(sku, limit))
+
+
+# The root types with the waiting list's fields (api/waitlist.py) after their own.
+QueryRoot = merge_types("Query", (Query, WaitlistQuery))
+MutationRoot = merge_types("Mutation", (Mutation, WaitlistMutation))
+SubscriptionRoot = merge_types("Subscription", (Subscription, WaitlistSubscription))
 
 
 class InventorySchema(strawberry.Schema):
@@ -247,9 +287,9 @@ def build_schema(
     if production:
         extensions.append(DisableIntrospection)
     built = InventorySchema(
-        query=Query,
-        mutation=Mutation,
-        subscription=Subscription,
+        query=QueryRoot,
+        mutation=MutationRoot,
+        subscription=SubscriptionRoot,
         extensions=extensions,
         execution_context_class=Executor,
     )

@@ -80,6 +80,71 @@ LIMIT 100
 """
 
 
+# The waiting list (migration 006). `waiting` is what the product's WAITING entries want.
+MISCOUNTED_WAITING = """
+SELECT p.sku, p.waiting, coalesce(sum(w.quantity), 0) AS entries
+FROM product p LEFT JOIN waitlist_entry w ON w.product_id = p.id AND w.status = 'WAITING'
+GROUP BY p.id
+HAVING p.waiting <> coalesce(sum(w.quantity), 0)
+ORDER BY p.sku
+LIMIT 100
+"""
+
+# Nobody passed over: the head of every queue does not fit what is available (the
+# product trigger offers it in the same transaction that frees the units), and no entry
+# was offered while an earlier one still waits (entries join under the product's lock,
+# so a lower seq joined first and was waiting when the later one was offered).
+PASSED_OVER = """
+WITH head AS (
+    SELECT DISTINCT ON (w.product_id) w.product_id, w.seq, w.quantity
+    FROM waitlist_entry w WHERE w.status = 'WAITING'
+    ORDER BY w.product_id, w.seq
+)
+SELECT p.sku, h.quantity AS head_quantity, p.quantity - p.reserved AS available,
+       (SELECT count(*) FROM waitlist_entry o
+        WHERE o.product_id = h.product_id AND o.status = 'OFFERED' AND o.seq > h.seq)
+           AS offered_behind
+FROM head h JOIN product p ON p.id = h.product_id
+WHERE h.quantity <= p.quantity - p.reserved
+   OR EXISTS (SELECT 1 FROM waitlist_entry o
+              WHERE o.product_id = h.product_id AND o.status = 'OFFERED' AND o.seq > h.seq)
+ORDER BY p.sku
+LIMIT 100
+"""
+
+# Every OFFERED entry has its hold: the reservation exists, belongs to the entry's buyer
+# and is one line of the entry's product and quantity.
+OFFERS_WITHOUT_HOLD = """
+SELECT w.id, w.buyer, w.quantity, w.reservation_id, r.buyer AS hold_buyer,
+       (SELECT count(*) FROM reservation_line l WHERE l.reservation_id = w.reservation_id)
+           AS lines,
+       (SELECT l.quantity FROM reservation_line l
+        WHERE l.reservation_id = w.reservation_id AND l.product_id = w.product_id)
+           AS line_quantity
+FROM waitlist_entry w LEFT JOIN reservation r ON r.id = w.reservation_id
+WHERE w.status = 'OFFERED'
+  AND (r.id IS NULL OR r.buyer IS DISTINCT FROM w.buyer
+       OR (SELECT count(*) FROM reservation_line l WHERE l.reservation_id = r.id) <> 1
+       OR NOT EXISTS (SELECT 1 FROM reservation_line l
+                      WHERE l.reservation_id = r.id AND l.product_id = w.product_id
+                        AND l.quantity = w.quantity))
+LIMIT 100
+"""
+
+# What each buyer holds plus has bought of a limited product (buyer_tally, for all).
+ABOVE_LIMIT = """
+SELECT p.sku, r.buyer, p.purchase_limit, sum(l.quantity - l.released) AS tally
+FROM reservation r
+JOIN reservation_line l ON l.reservation_id = r.id
+JOIN product p ON p.id = l.product_id
+WHERE r.buyer IS NOT NULL AND p.purchase_limit IS NOT NULL
+GROUP BY p.id, r.buyer
+HAVING sum(l.quantity - l.released) > p.purchase_limit
+ORDER BY p.sku, r.buyer
+LIMIT 100
+"""
+
+
 @dataclass
 class Report:
     products: int = 0
@@ -120,5 +185,25 @@ async def reconcile(conn: Connection, overdue_grace_seconds: float) -> Report:
                 f"{r['quantity']} (ledger {r['reserved_rows']} in {r['reserves']} rows), "
                 f"confirmed {r['confirmed']} (ledger {r['confirmed_rows']}), "
                 f"released {r['released']} (ledger {r['released_rows']}), held {r['held']}"
+            )
+        for r in await conn.fetch(MISCOUNTED_WAITING):
+            report.problems.append(
+                f"{r['sku']}: waiting {r['waiting']}, but its WAITING entries want {r['entries']}"
+            )
+        for r in await conn.fetch(PASSED_OVER):
+            report.problems.append(
+                f"{r['sku']}: the waiting list's head wants {r['head_quantity']} of "
+                f"{r['available']} available; entries behind it offered: {r['offered_behind']}"
+            )
+        for r in await conn.fetch(OFFERS_WITHOUT_HOLD):
+            report.problems.append(
+                f"waiting-list entry {r['id']} ({r['buyer']}, {r['quantity']} units) is OFFERED "
+                f"without its hold: reservation {r['reservation_id']} of buyer "
+                f"{r['hold_buyer']}, {r['lines']} lines, {r['line_quantity']} units of its sku"
+            )
+        for r in await conn.fetch(ABOVE_LIMIT):
+            report.problems.append(
+                f"{r['sku']}: buyer {r['buyer']} holds or bought {r['tally']}, above the limit "
+                f"of {r['purchase_limit']} (a limit lowered below what was already sold does this)"
             )
     return report

@@ -22,6 +22,9 @@ from inventory_graphql.inventory.contention import Contention
 from inventory_graphql.inventory.errors import Busy
 from inventory_graphql.inventory.give_back import GiveBack
 from inventory_graphql.inventory.models import (
+    ANONYMOUS,
+    BuyerRequired,
+    Caller,
     ExtendOutcome,
     LineRequest,
     Product,
@@ -29,10 +32,13 @@ from inventory_graphql.inventory.models import (
     Reservation,
     ReserveOutcome,
     ResolveOutcome,
+    WaitlistEntry,
+    WaitlistOutcome,
 )
 from inventory_graphql.inventory.per_request import PerRequest
 from inventory_graphql.inventory.reservations import Reservations
 from inventory_graphql.inventory.sweeper import Sweeper
+from inventory_graphql.inventory.waitlist import Waitlist
 
 SCHEMA_VERSION = "SELECT max(version) FROM schema_migration"
 
@@ -43,7 +49,9 @@ class Reserver(Protocol):
     @property
     def queued(self) -> int: ...
 
-    async def reserve(self, lines: Sequence[LineRequest], ttl_seconds: int) -> ReserveOutcome: ...
+    async def reserve(
+        self, lines: Sequence[LineRequest], ttl_seconds: int, *, buyer: str | None = None
+    ) -> ReserveOutcome: ...
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,10 @@ class InventoryService:
         self._pool = pool
         self._settings = settings
         self._catalog = Catalog(pool)
-        self._reservations = Reservations(pool, settings.hold_ttl_seconds)
+        self._waitlist = Waitlist(pool)
+        self._reservations = Reservations(
+            pool, settings.hold_ttl_seconds, settings.max_pending_holds_per_buyer or None
+        )
         self._give_back = GiveBack(self._reservations)
         self._contention = Contention()
         self._sweeper = Sweeper(
@@ -119,8 +130,11 @@ class InventoryService:
         """These skus (or all products), in sku order, at most `first` of them."""
         return await self._catalog.products(skus, first)
 
-    async def reservation(self, reservation_id: str) -> Reservation | None:
-        return await self._reservations.get(reservation_id)
+    async def reservation(
+        self, reservation_id: str, *, caller: Caller = ANONYMOUS
+    ) -> Reservation | None:
+        """The hold, if it is the caller's (another buyer's is answered as unknown)."""
+        return await self._reservations.get(reservation_id, caller)
 
     # Holds
 
@@ -129,15 +143,20 @@ class InventoryService:
         lines: Sequence[LineRequest],
         ttl_seconds: int | None = None,
         idempotency_key: str | None = None,
+        *,
+        caller: Caller = ANONYMOUS,
     ) -> ReserveOutcome:
-        """Hold every line or none of them, coalesced with concurrent requests when enabled.
+        """Hold every line or none of them for the caller's buyer, coalesced with concurrent
+        requests when enabled. Idempotency keys are the buyer's own.
 
         Answered within the request deadline (plus at most one lock_timeout for work
         already in the database), else Busy: nothing is then held for the request.
         Cancelling the call (the client left) abandons the request the same way. Keyed
         requests keep what they got: replaying the key returns it.
         """
-        if invalid := validation.check_reserve(lines, ttl_seconds, idempotency_key):
+        if invalid := validation.check_reserve(
+            lines, ttl_seconds, idempotency_key, self._settings.max_units_per_line
+        ):
             return invalid
         ttl = self._settings.hold_ttl_seconds if ttl_seconds is None else ttl_seconds
         # No hold lives past INVENTORY_MAX_HOLD_SECONDS from its creation, however it was
@@ -147,46 +166,77 @@ class InventoryService:
         try:
             async with deadline:
                 if idempotency_key is None:
-                    return await self._unkeyed.reserve(lines, ttl)
-                return await self._per_request.reserve(lines, ttl, idempotency_key)
+                    return await self._unkeyed.reserve(lines, ttl, buyer=caller.buyer)
+                return await self._per_request.reserve(
+                    lines, ttl, idempotency_key, buyer=caller.buyer
+                )
         except TimeoutError:
             if deadline.expired():
                 raise Busy("no answer within the deadline; nothing is held") from None
             raise
 
     async def confirm(
-        self, reservation_id: str, lines: Sequence[LineRequest] | None = None
+        self,
+        reservation_id: str,
+        lines: Sequence[LineRequest] | None = None,
+        *,
+        caller: Caller = ANONYMOUS,
     ) -> ResolveOutcome:
         """Payment went through: the held units leave the stock. With `lines`, only
         those units do; every other held unit returns, in the same transaction."""
         if lines is None:
-            return await self._reservations.confirm(reservation_id)
+            return await self._reservations.confirm(reservation_id, caller)
         if invalid := validation.check_part(lines):
             return invalid
-        return await self._reservations.confirm_part(reservation_id, lines)
+        return await self._reservations.confirm_part(reservation_id, lines, caller)
 
     async def release(
-        self, reservation_id: str, lines: Sequence[LineRequest] | None = None
+        self,
+        reservation_id: str,
+        lines: Sequence[LineRequest] | None = None,
+        *,
+        caller: Caller = ANONYMOUS,
     ) -> ResolveOutcome:
         """Payment failed or the shopper left: the held units return. With `lines`, only
         those units do; the hold stays PENDING while it holds any."""
         if lines is None:
-            return await self._reservations.release(reservation_id)
+            return await self._reservations.release(reservation_id, caller)
         if invalid := validation.check_part(lines):
             return invalid
-        return await self._reservations.release_part(reservation_id, lines)
+        return await self._reservations.release_part(reservation_id, lines, caller)
 
-    async def extend(self, reservation_id: str, ttl_seconds: int) -> ExtendOutcome:
+    async def extend(
+        self, reservation_id: str, ttl_seconds: int, *, caller: Caller = ANONYMOUS
+    ) -> ExtendOutcome:
         """Hold at least `ttl_seconds` more, up to INVENTORY_MAX_HOLD_SECONDS from creation."""
         if invalid := validation.check_ttl(ttl_seconds):
             return invalid
         return await self._reservations.extend(
-            reservation_id, ttl_seconds, self._settings.max_hold_seconds
+            reservation_id, ttl_seconds, self._settings.max_hold_seconds, caller
         )
 
     async def expire_due(self) -> int:
         """Expire every hold past its time now (the sweeper does this on its interval)."""
         return await self._sweeper.sweep_once()
+
+    # The waiting list
+
+    async def join_waitlist(self, sku: str, quantity: int, *, caller: Caller) -> WaitlistOutcome:
+        """Wait for `quantity` units of a sold-out sku (one WAITING entry per buyer per
+        sku; the purchase limit applies now). Offered a hold at once when nobody waits
+        and the units are there."""
+        max_units = self._settings.max_units_per_line
+        if invalid := validation.check_waitlist_join(sku, quantity, max_units):
+            return invalid
+        if caller.buyer is None:  # waiting is per buyer (an admin has none either)
+            return BuyerRequired(sku)
+        return await self._waitlist.join(sku, quantity, caller.buyer)
+
+    async def leave_waitlist(self, entry_id: str, *, caller: Caller) -> WaitlistOutcome:
+        return await self._waitlist.leave(entry_id, caller)
+
+    async def waitlist_entry(self, entry_id: str, *, caller: Caller) -> WaitlistEntry | None:
+        return await self._waitlist.entry(entry_id, caller)
 
     # Stock (admin)
 
@@ -200,6 +250,13 @@ class InventoryService:
         if invalid := validation.check_adjustment(sku, delta, reason):
             return invalid
         return await self._catalog.adjust_stock(sku, delta, reason)
+
+    async def set_purchase_limit(self, sku: str, per_buyer: int | None) -> ProductOutcome:
+        """Units of `sku` one buyer may hold plus have bought; None removes the limit.
+        Holds and purchases made before a lower limit stand."""
+        if invalid := validation.check_purchase_limit(sku, per_buyer):
+            return invalid
+        return await self._catalog.set_purchase_limit(sku, per_buyer)
 
     # Operations
 
