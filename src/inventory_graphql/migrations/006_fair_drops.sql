@@ -167,12 +167,16 @@ BEGIN
         SELECT p.id, p.sku, p.quantity - p.reserved AS available, p.waiting, p.purchase_limit
         FROM product p WHERE p.sku = any(skus) FOR UPDATE
     ), judged AS (
+        -- The buyer's numbers only where they matter (CASE runs a subquery only when its
+        -- branch is taken): the tally for limited products, the count under a cap.
         SELECT r.*, k.id AS product_id, k.available, k.waiting, k.purchase_limit,
-               CASE WHEN k.purchase_limit IS NOT NULL AND r.buyer IS NOT NULL
-                    THEN buyer_tally(r.buyer, k.id) END AS tally,
-               CASE WHEN max_pending IS NOT NULL AND r.buyer IS NOT NULL
-                    THEN (SELECT count(*) FROM reservation v
-                          WHERE v.buyer = r.buyer AND v.status = 'PENDING')::int END AS pending
+               CASE WHEN k.purchase_limit IS NOT NULL AND r.buyer IS NOT NULL THEN
+                   (SELECT coalesce(sum(l.quantity - l.released), 0)::int
+                    FROM reservation v JOIN reservation_line l ON l.reservation_id = v.id
+                    WHERE v.buyer = r.buyer AND l.product_id = k.id) END AS tally,
+               CASE WHEN max_pending IS NOT NULL AND r.buyer IS NOT NULL THEN
+                   (SELECT count(*)::int FROM reservation v
+                    WHERE v.buyer = r.buyer AND v.status = 'PENDING') END AS pending
         FROM request r JOIN locked k ON k.sku = r.sku
     ), eligible AS (
         SELECT j.*,
@@ -215,10 +219,13 @@ BEGIN
            CASE WHEN f.waiting > 0 THEN 0
                 ELSE f.available - coalesce(pp.quantity, 0) END::int,
            h.created_at, h.expires_at, f.purchase_limit,
-           (f.tally + coalesce((SELECT t.units FROM granted_to t
-                                WHERE t.buyer = f.buyer AND t.product_id = f.product_id), 0))::int,
-           (f.pending + coalesce((SELECT sum(t.holds) FROM granted_to t
-                                  WHERE t.buyer = f.buyer), 0))::int
+           CASE WHEN f.tally IS NOT NULL THEN
+               (f.tally + coalesce((SELECT t.units FROM granted_to t
+                                    WHERE t.buyer = f.buyer AND t.product_id = f.product_id),
+                                   0))::int END,
+           CASE WHEN f.pending IS NOT NULL THEN
+               (f.pending + coalesce((SELECT sum(t.holds) FROM granted_to t
+                                      WHERE t.buyer = f.buyer), 0))::int END
     FROM fifo f
     LEFT JOIN per_product pp ON pp.product_id = f.product_id
     LEFT JOIN hold h ON h.id = f.id;
