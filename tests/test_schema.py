@@ -25,6 +25,7 @@ def test_public_contract_names_are_present():
         "extendReservation(id: ID!, ttlSeconds: Int!): ExtendResult!",
         "createProduct(sku: String!, name: String!, quantity: Int!): ProductResult!",
         "adjustStock(sku: String!, delta: Int!, reason: String!): ProductResult!",
+        "setPurchaseLimit(sku: String!, perBuyer: Int): ProductResult!",
         "product(sku: String!): Product",
         "products(skus: [String!], first: Int = 100): [Product!]!",
         "reservation(id: ID!): Reservation",

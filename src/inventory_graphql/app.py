@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -27,8 +28,10 @@ from inventory_graphql.api.trusted_manifest import load_trusted_documents
 from inventory_graphql.body_limit import BodySizeLimitMiddleware
 from inventory_graphql.config import Settings
 from inventory_graphql.database import connect_pool, migrate
+from inventory_graphql.demo import buyer_token_route
 from inventory_graphql.health import livez, readyz
 from inventory_graphql.http_limits import ClientGoneMiddleware
+from inventory_graphql.inventory.models import ADMIN
 from inventory_graphql.inventory.service import InventoryService
 from inventory_graphql.live.hub import AvailabilityHub
 from inventory_graphql.live.listener import ReconnectingPostgresBackend
@@ -184,7 +187,11 @@ def create_app(
             listener = ReconnectingPostgresBackend(database_url)
             broadcast = await stack.enter_async_context(Broadcast(backend=listener))
             hub = AvailabilityHub(broadcast, service.products)
-            reservation_hub = ReservationHub(broadcast, service.reservation)
+            # The hub reads every watched hold for its subscribers, whoever's it is: whether
+            # one may watch it is decided when the subscription starts.
+            reservation_hub = ReservationHub(
+                broadcast, functools.partial(service.reservation, caller=ADMIN)
+            )
             limits = ClientLimits(
                 connections=settings.max_ws_connections_per_client,
                 subscriptions=settings.max_subscriptions_per_client,
@@ -246,6 +253,8 @@ def create_app(
             Route("/livez", livez),
             Route("/readyz", readyz),
             Route("/metrics", metrics.endpoint(_bearer_of(settings.metrics_token))),
+            # Demo mode only: buyer tokens for anyone, standing in for a shop's backend.
+            *([buyer_token_route(secret)] if settings.demo and secret is not None else []),
             *demo_routes(settings.demo_dir),
         ],
         middleware=[

@@ -82,7 +82,8 @@ class Subscription:
         if rid is None:
             raise bad_input(f"id: malformed reservation id {id[:100]}")
         quota = await _client_quota(info.context.request)  # given back however this ends
-        if await info.context.service.reservation(str(rid)) is None:
+        # Another buyer's hold is refused as an unknown one: nothing tells them apart.
+        if await info.context.service.reservation(str(rid), caller=info.context.caller) is None:
             raise bad_input(f"unknown reservation: {rid}")
         return _hold_states(info, str(rid), quota)
 
