@@ -166,3 +166,38 @@ async def test_other_buyers_unknown_and_malformed_ids_are_refused(http, socket_o
     mine = await joined(http, "mallory", sku)
     sub = await socket.subscribe(PLACE, id=mine["id"])
     assert (await place(sub))["position"] == 2
+
+
+async def test_entry_subscriptions_count_against_the_client_and_give_back_when_they_end(
+    database_url, session, make_product
+):
+    env = {
+        "DATABASE_URL": database_url,
+        **SERVER_ENV,
+        "INVENTORY_BUYER_TOKEN_SECRET": SECRET,
+        "INVENTORY_MAX_SUBSCRIPTIONS_PER_CLIENT": "2",
+    }
+    with ServerProcess(env) as server:
+        async with aiohttp.ClientSession(server.url) as rooted:
+            fay = Client(rooted, {"Authorization": f"Bearer {token('fay')}"})
+            skus = [await make_product(0) for _ in range(3)]
+            entries = [(await fay(JOIN, sku=sku, quantity=1))["joinWaitlist"] for sku in skus]
+            payload = {"authorization": f"Bearer {token('fay')}"}
+            ws = await GraphQLWebSocket.connect(session, server.url, payload)
+            try:
+                subs = [await ws.subscribe(PLACE, id=e["id"]) for e in entries[:2]]
+                for sub in subs:
+                    assert (await place(sub))["status"] == "WAITING"
+                refused = await ws.subscribe(PLACE, id=entries[2]["id"])
+                with pytest.raises(SubscriptionError) as error:
+                    await refused.next()
+                assert error.value.errors[0]["extensions"]["code"] == "TOO_MANY_SUBSCRIPTIONS"
+
+                # An entry that leaves completes its stream, and the client may follow another.
+                await fay(LEAVE, id=entries[0]["id"])
+                assert (await place(subs[0]))["status"] == "LEFT"
+                await completes(subs[0])
+                again = await ws.subscribe(PLACE, id=entries[2]["id"])
+                assert (await place(again))["position"] == 1
+            finally:
+                await ws.close()
