@@ -1,5 +1,5 @@
-"""The benchmarks' harness: the scripts in bench/ (flash_sale, fanout_ab, reserve_ab) are
-thin orchestrations over these modules, and never import one another.
+"""The benchmarks' harness: the scripts in bench/ (flash_sale, fanout_ab, reserve_ab,
+limits_ab, hostile) are thin orchestrations over these modules, and never import one another.
 
     plan.py           what to measure: Plan, the loads, the series, the server's settings
     database.py       the PostgreSQL server, seeded products, putting stock back, settling,

@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.harness.plan import STOCK
-from bench.harness.results import Check
+from bench.harness.results import Buyers, Check
 from inventory_graphql.embedded_db import embedded_postgres
 from inventory_graphql.live.channel import TRIGGER
 
@@ -42,6 +42,29 @@ SELECT coalesce(sum(reserved), 0)::bigint AS consumed,
        (SELECT coalesce(sum(quantity), 0)::bigint FROM reservation_line
         WHERE product_id BETWEEN $1 AND $2) AS held
 FROM product WHERE id BETWEEN $1 AND $2
+"""
+
+
+LIMIT_PURCHASES = "UPDATE product SET purchase_limit = $3 WHERE id BETWEEN $1 AND $2"
+
+# Who holds the point's products: holds, distinct buyers, and every (buyer, product)
+# above the product's limit (units held plus bought; an anonymous hold of a limited
+# product counts as above it too: nobody may hold one without a buyer).
+BUYERS = """
+WITH tally AS (
+    SELECT r.buyer, p.purchase_limit, sum(l.quantity - l.released) AS units, count(*) AS holds
+    FROM reservation r
+    JOIN reservation_line l ON l.reservation_id = r.id
+    JOIN product p ON p.id = l.product_id
+    WHERE l.product_id BETWEEN $1 AND $2
+    GROUP BY p.id, p.purchase_limit, r.buyer
+)
+SELECT coalesce(sum(holds), 0)::bigint AS holds,
+       count(DISTINCT buyer) AS buyers,
+       coalesce(sum(holds) FILTER (WHERE buyer IS NULL), 0)::bigint AS anonymous_holds,
+       count(*) FILTER (WHERE purchase_limit IS NOT NULL
+                        AND (buyer IS NULL OR units > purchase_limit)) AS above_limit
+FROM tally
 """
 
 
@@ -157,3 +180,22 @@ async def stock(conn: asyncpg.Connection, products: Products) -> Stock:
     row = await conn.fetchrow(VERIFY, products.first_id, products.last_id)
     assert row is not None  # an aggregate: always one row
     return Stock(row["consumed"], row["oversold_products"], row["held"])
+
+
+async def limit_purchases(conn: asyncpg.Connection, products: Products, per_buyer: int) -> None:
+    """A purchase limit on every product of the point (not a stock change: no ledger row)."""
+    await conn.execute(LIMIT_PURCHASES, products.first_id, products.last_id, per_buyer)
+
+
+async def buyers(
+    conn: asyncpg.Connection, products: Products, purchase_limit: int | None
+) -> Buyers:
+    row = await conn.fetchrow(BUYERS, products.first_id, products.last_id)
+    assert row is not None  # an aggregate: always one row
+    return Buyers(
+        purchase_limit,
+        row["holds"],
+        row["buyers"],
+        row["anonymous_holds"],
+        row["above_limit"],
+    )

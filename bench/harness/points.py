@@ -11,13 +11,22 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from bench.harness.clients import Client, client
 from bench.harness.cpu import cpu_meter, wait_until_quiet
-from bench.harness.database import Products, put_back, run_check, seed, settled, stock
+from bench.harness.database import (
+    Products,
+    buyers,
+    limit_purchases,
+    put_back,
+    run_check,
+    seed,
+    settled,
+    stock,
+)
 from bench.harness.drivers.asyncpg_loop import POOL, run_loop
 from bench.harness.drivers.pgbench import run_pgbench
 from bench.harness.drivers.wrk import run_wrk
@@ -113,13 +122,21 @@ async def service_point(
     live: bool,
     repeat: int = 0,
     beside: Callable[[Products], AbstractAsyncContextManager[Client]] | None = None,
+    tokens: Sequence[str] = (),
+    purchase_limit: int | None = None,
 ) -> Point[ServiceDetail]:
     """wrk against `server` (with bench.plan.subscribers subscribers on the point's first
     product if `live`, and the client process `beside` makes for the point's products
-    running alongside, if given), then the verdicts once in-flight requests have settled."""
-    tag = SERIES_TAGS[series]
+    running alongside, if given), then the verdicts once in-flight requests have settled.
+
+    With `tokens`, every request is another buyer's (the next token); with
+    `purchase_limit`, the point's products have that limit per buyer, and the verdicts
+    include that nobody holds above it."""
+    tag = SERIES_TAGS.get(series, series)
     suffix = f".{repeat}" if repeat else ""
     products = await seed(bench.conn, f"{tag}.{load}.{clients}{suffix}", LOADS[load])
+    if purchase_limit is not None:
+        await limit_purchases(bench.conn, products, purchase_limit)
     pids = {"server": server.process.pid}
     quiet = await wait_until_quiet(bench.quiet, pids)
     subscribed: SubscribersRead | None = None
@@ -134,7 +151,7 @@ async def service_point(
         if beside is not None:
             alongside = await stack.enter_async_context(beside(products))
             pids["alongside"] = alongside.pid
-        wrk, cpu = await run_wrk(server.url, products, clients, bench.plan.seconds, pids)
+        wrk, cpu = await run_wrk(server.url, products, clients, bench.plan.seconds, pids, tokens)
         besides = await alongside.finish() if alongside is not None else None
         # Requests wrk cut off still commit and notify: let them, then stop reading.
         consumed = await settled(bench.conn, products)
@@ -149,6 +166,15 @@ async def service_point(
         "only_reservations": wrk.other == 0,
         "check": check.ok,
     }
+    holders = None
+    if tokens or purchase_limit is not None:
+        holders = await buyers(bench.conn, products, purchase_limit)
+        verdicts["within_limit"] = holders.above_limit == 0
+    if tokens:
+        # Every request was another buyer's: one hold each, none anonymous.
+        verdicts["a_buyer_per_request"] = wrk.buyers_reused == 0 and (
+            holders is not None and holders.holds == holders.buyers and not holders.anonymous_holds
+        )
     seconds = wrk.duration_us / 1e6
     return Point(
         series,
@@ -169,6 +195,7 @@ async def service_point(
             held_by_reservations=held.held,
             check=check,
             alongside=besides,
+            buyers=holders,
         ),
         verdicts,
     )

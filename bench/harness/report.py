@@ -25,10 +25,11 @@ from bench.harness.results import (
     FanoutABResult,
     FanoutResult,
     FlashSaleResult,
+    LimitsABResult,
     ReserveABResult,
     ServiceDetail,
 )
-from bench.harness.summary import ACCEPT, METRICS
+from bench.harness.summary import ACCEPT, BASELINE, LIMITS_TARGET, METRICS
 
 
 def describe(point: AnyPoint) -> str:
@@ -273,6 +274,66 @@ def print_ab_summary(result: ReserveABResult) -> None:
         f"\nother work on the machine: {marked} of {total} points marked !,"
         f" {result.quiet_waited_s} s spent waiting for quiet; run took {result.duration_s} s"
     )
+
+
+# ---------------------------------------------------------------- bench.limits_ab
+
+
+def print_limits_ab(result: LimitsABResult) -> None:
+    print("\npoints (! = other work on the machine during the point)")
+    points = sorted(
+        (p for series in result.points.values() for p in series),
+        key=lambda p: (p.round, p.point.clients, p.version),
+    )
+    for p in points:
+        print(f"  round {p.round + 1} {ab_progress(p)}")
+    print("\nverdicts: Reservations counted by wrk vs stock consumed (SQL), buyers, `check`")
+    for p in points:
+        d = p.point.detail
+        who = ""
+        if d.buyers is not None:
+            b = d.buyers
+            who = (
+                f" holds {b.holds} buyers {b.buyers} anonymous {b.anonymous_holds}"
+                f" above limit {b.above_limit} tokens reused {d.wrk.buyers_reused}"
+            )
+        print(
+            f"  round {p.round + 1} {p.version:9} {p.point.clients:3}: counted {d.counted:7}"
+            f" consumed {d.consumed:7} (+{d.committed_unanswered}; {d.unanswered_at_stop} cut off)"
+            f" other answers {d.wrk.other}{who}  check: {d.check.summary}"
+            + ("" if p.point.ok else f"  FAILED {p.point.verdicts}")
+        )
+        for sample in d.wrk.samples:
+            print(f"      sample answer: {sample[:200]}")
+    code = result.code
+    changed = f" + uncommitted src/ (diff {code.diff_sha256})" if code.src_changed else ""
+    print(f"\ncode: {code.commit}{changed}")
+    print(
+        f"one hot product, coalesced, {result.plan.seconds} s a point,"
+        f" {result.plan.subscribers} subscribers; limited: purchase limit"
+        f" {result.purchase_limit} per buyer and a buyer token per request"
+        f" ({result.tokens_per_point:,} minted per point, in {result.minted_in_s:.1f} s);"
+        f" median over {result.rounds} rounds; ratio = median of per-round series/{BASELINE}"
+    )
+    for row in result.summary:
+        verdict = {None: "n/a", True: "met", False: "NOT met"}[row.meets_target]
+        print(f"\n{row.clients} clients (limited/{BASELINE} >= {LIMITS_TARGET}: {verdict})")
+        print(f"  {'series':10} {'holds/s':>8} {'server us/req':>14} {'ratio':>6}  per round")
+        for series, rate in row.rates.items():
+            ratios = ", ".join(f"{r:.2f}" for r in row.ratios.get(series, []))
+            print(
+                f"  {series:10} {cell(rate, '.0f'):>8} {cell(row.server_us[series], '.0f'):>14}"
+                f" {cell(row.ratio.get(series), '.2f'):>6}  {ratios}"
+            )
+        clean = "; ".join(
+            f"{s} {', '.join(f'{r:.2f}' for r in v) or 'none'}" for s, v in row.clean_ratios.items()
+        )
+        print(
+            f"  answers not Reservation: {row.other_answers};"
+            f" verdicts {'ok' if row.verdicts_ok else 'FAILED'};"
+            f" {row.disturbed_points} points marked !; ratios in clean rounds: {clean}"
+        )
+    print(f"\n{result.quiet_waited_s} s spent waiting for quiet; run took {result.duration_s} s")
 
 
 # ---------------------------------------------------------------- bench.fanout_ab

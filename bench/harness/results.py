@@ -51,6 +51,19 @@ class WrkResult:
     max_us: int
     errors: dict[str, int]  # wrk's socket errors: connect, read, write, status, timeout
     samples: list[str] = field(default_factory=list)
+    buyers_reused: int = 0  # requests sent with a buyer token an earlier one had used
+
+
+@dataclass(frozen=True)
+class Buyers:
+    """Who holds a point's products, once settled (database.buyers): for points that
+    reserve as buyers, or a product with a purchase limit."""
+
+    purchase_limit: int | None
+    holds: int  # holds on the point's products
+    buyers: int  # distinct buyers among them (anonymous holds not counted)
+    anonymous_holds: int
+    above_limit: int  # (buyer, product) pairs holding plus having bought above the limit
 
 
 @dataclass(frozen=True)
@@ -100,11 +113,12 @@ class ServiceDetail:
     check: Check
     pair: int | None = None  # which live-updates on/off pair, for those points
     alongside: dict[str, Any] | None = None  # the result of a client process run beside
+    buyers: Buyers | None = None  # points with buyer tokens or a purchase limit
 
     def to_dict(self) -> dict[str, Any]:
         result = asdict(self)
         result["subscribers"] = result["subscribers"] or {}
-        for optional in ("pair", "alongside"):
+        for optional in ("pair", "alongside", "buyers"):
             if result[optional] is None:
                 del result[optional]
         return result
@@ -367,6 +381,70 @@ class ReserveABResult:
             "duration_s": self.duration_s,
             "points": {v: [p.to_dict() for p in points] for v, points in self.points.items()},
             "summary": [row.to_dict() for row in self.summary],
+            "verdicts_ok": self.verdicts_ok,
+            "errors": self.errors,
+            "quiet_waited_s": self.quiet_waited_s,
+        }
+
+
+# ---------------------------------------------------------------- bench.limits_ab
+
+
+@dataclass(frozen=True)
+class LimitsRow:
+    """One client count of bench.limits_ab over all rounds: each series against the
+    unlimited point of the same round."""
+
+    clients: int
+    rates: dict[str, float | None]  # series -> median holds/s over rounds
+    server_us: dict[str, float | None]  # series -> median server CPU per request
+    ratios: dict[str, list[float]]  # series -> its holds/s / unlimited's, per paired round
+    ratio: dict[str, float | None]  # series -> their median
+    clean_ratios: dict[str, list[float]]  # only rounds with neither point marked "!"
+    other_answers: dict[str, int]  # series -> answers that were not a Reservation
+    disturbed_points: int
+    verdicts_ok: bool
+    meets_target: bool | None  # limited / unlimited >= the target (median of rounds)
+
+
+@dataclass
+class LimitsABResult:
+    machine: dict[str, object]
+    postgres: dict[str, str]
+    migrations: list[str]
+    code: SrcSnapshot
+    plan: Plan
+    rounds: int
+    purchase_limit: int
+    tokens_per_point: int
+    minted_in_s: float
+    started_at: str
+    duration_s: int
+    points: dict[str, list[ABPoint]]  # by series
+    summary: list[LimitsRow]
+    errors: list[str]
+    quiet_waited_s: int
+
+    @property
+    def verdicts_ok(self) -> bool:
+        return all(p.point.ok for points in self.points.values() for p in points)
+
+    def to_dict(self) -> dict[str, Any]:
+        code = asdict(self.code)
+        return {
+            "machine": self.machine,
+            "postgres": self.postgres,
+            "migrations": self.migrations,
+            "code": code,
+            "plan": asdict(self.plan),
+            "rounds": self.rounds,
+            "purchase_limit": self.purchase_limit,
+            "tokens_per_point": self.tokens_per_point,
+            "minted_in_s": self.minted_in_s,
+            "started_at": self.started_at,
+            "duration_s": self.duration_s,
+            "points": {s: [p.to_dict() for p in points] for s, points in self.points.items()},
+            "summary": [asdict(row) for row in self.summary],
             "verdicts_ok": self.verdicts_ok,
             "errors": self.errors,
             "quiet_waited_s": self.quiet_waited_s,

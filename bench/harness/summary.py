@@ -22,6 +22,7 @@ from bench.harness.results import (
     BeforeAfter,
     FanoutABRow,
     FanoutResult,
+    LimitsRow,
     MetricSummary,
     ReserveRow,
     ServiceDetail,
@@ -214,6 +215,63 @@ def reserve_summary(
                     within_10_percent=None if rate is None else rate >= ACCEPT,
                 )
             )
+    return rows
+
+
+# ---------------------------------------------------------------- bench.limits_ab
+
+BASELINE = "unlimited"  # bench.limits_ab's series every other is compared with
+LIMITS_TARGET = 0.90  # the issue's: limited / unlimited holds/s at least this
+
+
+def limits_summary(results: dict[str, list[ABPoint]], clients_list: list[int]) -> list[LimitsRow]:
+    rows = []
+    for clients in clients_list:
+        mine = {
+            series: {p.round: p for p in points if p.point.clients == clients}
+            for series, points in results.items()
+        }
+        base = mine[BASELINE]
+        ratios: dict[str, list[float]] = {}
+        clean: dict[str, list[float]] = {}
+        for series, points in mine.items():
+            if series == BASELINE:
+                continue
+            paired = sorted(r for r in set(points) & set(base) if base[r].point.rate)
+            ratios[series] = [round(points[r].point.rate / base[r].point.rate, 3) for r in paired]
+            clean[series] = [
+                round(points[r].point.rate / base[r].point.rate, 3)
+                for r in paired
+                if disturbed(points[r].point.cpu) == disturbed(base[r].point.cpu) == " "
+            ]
+        median = {s: round(statistics.median(v), 3) if v else None for s, v in ratios.items()}
+        everything = [p for points in mine.values() for p in points.values()]
+        limited = median.get("limited")
+        rows.append(
+            LimitsRow(
+                clients=clients,
+                rates={
+                    s: statistics.median(p.point.rate for p in points.values()) if points else None
+                    for s, points in mine.items()
+                },
+                server_us={
+                    s: statistics.median(p.server_us_per_request for p in points.values())
+                    if points
+                    else None
+                    for s, points in mine.items()
+                },
+                ratios=ratios,
+                ratio=median,
+                clean_ratios=clean,
+                other_answers={
+                    s: sum(p.point.detail.wrk.other for p in points.values())
+                    for s, points in mine.items()
+                },
+                disturbed_points=sum(disturbed(p.point.cpu) == "!" for p in everything),
+                verdicts_ok=all(p.point.ok for p in everything),
+                meets_target=None if limited is None else limited >= LIMITS_TARGET,
+            )
+        )
     return rows
 
 

@@ -2,9 +2,12 @@
 -- unit of one product.
 --
 --   wrk ... -s bench/harness/drivers/reserve.lua \
---       http://127.0.0.1:PORT/graphql -- SKU_PREFIX PRODUCTS
+--       http://127.0.0.1:PORT/graphql -- SKU_PREFIX PRODUCTS [TOKENS]
 --
 -- Skus are SKU_PREFIX-0 .. SKU_PREFIX-(PRODUCTS-1); each request picks one at random.
+-- With TOKENS, thread N reads buyer tokens from the file TOKENS-N (one a line) and sends
+-- each request with the next one (Authorization: Bearer), so every request is another
+-- buyer's until the file runs out; after that tokens are reused, and counted as such.
 -- Always one document with variables, never inlined literals (the server caches parsed
 -- documents by their text). done() prints one line, "WRK_RESULT {json}", with the answers
 -- that were Reservations, the other answers, and requests sent but never answered (cut
@@ -40,11 +43,24 @@ function init(args)
   if products == 1 then
     fixed = body(prefix .. "-0")
   end
+  buyers_reused = 0
+  if args[3] then
+    tokens = {}
+    for line in io.lines(args[3] .. "-" .. thread_number) do
+      tokens[#tokens + 1] = "Bearer " .. line
+    end
+  end
 end
 
 function request()
   sent = sent + 1
   headers["X-Forwarded-For"] = "10.0." .. math.random(0, 255) .. "." .. math.random(0, 255)
+  if tokens then
+    if sent > #tokens then
+      buyers_reused = buyers_reused + 1
+    end
+    headers["Authorization"] = tokens[(sent - 1) % #tokens + 1]
+  end
   return wrk.format(nil, nil, headers, fixed or body(prefix .. "-" .. math.random(0, products - 1)))
 end
 
@@ -61,7 +77,7 @@ function response(status, headers, answer)
 end
 
 function done(summary, latency, requests)
-  local totals = { reservations = 0, other = 0, sent = 0, received = 0 }
+  local totals = { reservations = 0, other = 0, sent = 0, received = 0, buyers_reused = 0 }
   local samples = {}
   for _, thread in ipairs(threads) do
     for name, _ in pairs(totals) do
@@ -76,11 +92,12 @@ function done(summary, latency, requests)
   io.write(string.format(
     'WRK_RESULT {"reservations":%d,"other":%d,"sent":%d,"received":%d,'
       .. '"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"max_us":%d,'
-      .. '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}}\n',
+      .. '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},'
+      .. '"buyers_reused":%d}\n',
     totals.reservations, totals.other, totals.sent, totals.received,
     summary.requests, summary.duration,
     latency:percentile(50), latency:percentile(99), latency.max,
-    e.connect, e.read, e.write, e.status, e.timeout
+    e.connect, e.read, e.write, e.status, e.timeout, totals.buyers_reused
   ))
   for _, s in ipairs(samples) do
     io.write("WRK_SAMPLE " .. string.gsub(s, "\n", " ") .. "\n")
