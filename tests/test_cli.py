@@ -63,7 +63,7 @@ def test_serve_on_embedded_postgres_keeps_data_and_stops_cleanly(tmp_path):
     # Data survives a restart; check and migrate work on the same data directory.
     checked = run_cli("check", "--data-dir", str(data_dir), env=env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "checked 6 products and 1 holds: ok" in checked.stdout
+    assert "checked 8 products and 1 holds: ok" in checked.stdout
     migrated = run_cli("migrate", "--data-dir", str(data_dir), env=env)
     assert migrated.returncode == 0 and "schema is up to date" in migrated.stdout
     assert not postgres_running_in(data_dir)

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Iterator
@@ -73,6 +74,14 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
 
     if args.demo:
         asyncio.run(load_demo_catalog(url))
+        # The page's buyer tokens come from the demo's route (demo.py), signed with the
+        # configured secret or one made for this run. Workers inherit both.
+        os.environ["INVENTORY_DEMO"] = "on"
+        settings = dataclasses.replace(settings, demo=True)
+        if settings.buyer_token_secret is None:
+            secret = secrets.token_hex(32)
+            os.environ["INVENTORY_BUYER_TOKEN_SECRET"] = secret
+            settings = dataclasses.replace(settings, buyer_token_secret=secret)
     settings, generated = settings.with_admin_token()
     if generated is not None:
         # Tell only the operator starting the server. Workers inherit it through the

@@ -211,6 +211,8 @@ class Settings:
         "INVENTORY_MAX_CONNECTIONS_PER_CLIENT", 256, _integer(0)
     )
     log_format: LogFormat = _setting("INVENTORY_LOG_FORMAT", "text", _choice("text", "json"))
+    # `serve --demo` (demo.py): the demo's buyer tokens at /demo/buyer-token, for anyone.
+    demo: bool = _setting("INVENTORY_DEMO", False, _switch)
     # The storefront served at `/`: the repository's frontend-demo/ when run from a checkout.
     demo_dir: Path | None = _setting(
         "INVENTORY_DEMO_DIR", Path(__file__).resolve().parents[2] / "frontend-demo", Path
