@@ -4,13 +4,16 @@
 //   ?first=N   how many products the catalog loads, 1 to 600 (default 100; more would
 //              price the listing over the server's default query cost limit)
 //   ?token=T   the storefront token, for a server with INVENTORY_STOREFRONT_TOKEN set
+//   ?buyer=N   shop as buyer N (demo mode: `serve --demo` gives its tokens)
+//   ?buyerToken=T  shop with this buyer token (`inventory-graphql buyer-token N`)
 
 import { AdminPanel } from "./admin.js";
+import { BuyerSwitcher, MAX_BUYER } from "./buyer.js";
 import { Catalog } from "./catalog.js";
 import { Checkout } from "./checkout.js";
 import { byTestId, describeError } from "./dom.js";
 import { FlashSale } from "./flash-sale.js";
-import { LiveSocket, request, setStorefrontToken } from "./graphql.js";
+import { LiveSocket, request, setBuyerToken, setStorefrontToken } from "./graphql.js";
 import { AvailabilityFeed } from "./live.js";
 import { parseInteger } from "./numbers.js";
 import { PRODUCTS } from "./operations.js";
@@ -25,6 +28,15 @@ if (params.has("token")) {
   history.replaceState(null, "", `${location.pathname}?${params}${location.hash}`);
 }
 setStorefrontToken(sessionStorage.getItem("storefrontToken"));
+// Tokens stay out of the address bar, as above; the buyer's number may stay.
+const buyerToken = params.get("buyerToken");
+if (params.has("buyerToken")) {
+  params.delete("buyerToken");
+  history.replaceState(null, "", `${location.pathname}?${params}${location.hash}`);
+}
+const requestedBuyer = params.has("buyer")
+  ? String(parseInteger(params.get("buyer"), 1, { min: 1, max: MAX_BUYER }))
+  : null;
 const skuFilter =
   params
     .get("sku")
@@ -56,7 +68,11 @@ const checkout = new Checkout(byTestId(page, "checkout"), { catalog, socket });
 const productView = new ProductView(byTestId(page, "product-view"), {
   catalog,
   checkout,
+  socket,
   ttlSeconds,
+});
+const buyers = new BuyerSwitcher(byTestId(page, "buyer-switcher"), {
+  note: byTestId(page, "buyer-note"),
 });
 const flashSale = new FlashSale(byTestId(page, "flash-sale"), { catalog });
 const admin = new AdminPanel(byTestId(page, "admin"), {
@@ -130,7 +146,22 @@ if (skuFilter) {
   byTestId(page, "show-all").href = `?${all}`;
 }
 
-socket.start();
+// Another buyer: its token on every request from now on, its holds and waiting-list
+// places on the page, and a new WebSocket, since the connection's buyer is the one named
+// in its connection_init.
+let started = false;
+buyers.addEventListener("change", ({ detail: { buyer, token } }) => {
+  setBuyerToken(token);
+  // First, so that the holds and places followed from now on go out on the new socket.
+  if (started) socket.restart();
+  checkout.switchBuyer(buyer);
+  productView.switchBuyer(buyer);
+});
+// The first connection already carries the buyer's token.
+buyers.start({ requested: requestedBuyer, token: buyerToken }).finally(() => {
+  started = true;
+  socket.start();
+});
 
 function say(text) {
   notice.textContent = text;

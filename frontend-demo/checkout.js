@@ -1,7 +1,8 @@
 // The checkout panel: every hold this page made, followed live through the `reservation`
 // subscription. Each shows a countdown to expiry, "+5 min" (extendReservation), a stepper
 // per line that gives units back (release with lines), "Pay" (confirm: whatever is still
-// held) and "Payment fails" (release).
+// held) and "Payment fails" (release). Holds are the buyer's: switching buyers shows the
+// other buyer's holds (followed again) and stops following this one's.
 
 import { byTestId, describeError, h } from "./dom.js";
 import { request } from "./graphql.js";
@@ -24,6 +25,7 @@ export class Checkout {
   #socket;
   #holds = [];
   #ticker = 0;
+  #buyer = null;
 
   constructor(root, { catalog, socket }) {
     this.root = root;
@@ -33,10 +35,33 @@ export class Checkout {
     this.#socket = socket;
   }
 
-  /** A Reservation just made by this page. */
+  /** The holds shown are this buyer's (null: anonymous); the others' are put away. */
+  switchBuyer(buyer) {
+    this.#buyer = buyer;
+    for (const hold of this.#holds) {
+      const mine = hold.buyer === buyer;
+      hold.el.hidden = !mine;
+      if (!mine) {
+        // Another buyer's hold is unknown to this one: stop asking about it.
+        hold.subscription?.unsubscribe();
+        hold.subscription = null;
+        hold.offline = false;
+      } else if (hold.status === "PENDING" && hold.subscription === null) {
+        this.#follow(hold); // its current state first: it may have ended meanwhile
+      }
+    }
+    this.#showEmpty();
+    if (this.#holds.some((hold) => hold.buyer === buyer && hold.status === "PENDING")) {
+      this.#ticker ||= setInterval(() => this.#tick(), 250);
+    }
+  }
+
+  /** A Reservation made by this page, or offered to its buyer by a waiting list. */
   add(reservation) {
+    if (this.#holds.some((hold) => hold.id === reservation.id)) return; // already here
     const hold = {
       id: reservation.id,
+      buyer: this.#buyer,
       status: "PENDING",
       createdAt: Date.parse(reservation.createdAt),
       expiresAt: Date.parse(reservation.expiresAt),
@@ -81,7 +106,10 @@ export class Checkout {
     }
     hold.el = h(
       "li",
-      { class: "hold", dataset: { testid: "hold", holdId: reservation.id } },
+      {
+        class: "hold",
+        dataset: { testid: "hold", holdId: reservation.id, buyer: this.#buyer ?? "" },
+      },
       lines,
       h(
         "p",
@@ -97,8 +125,7 @@ export class Checkout {
     );
     this.#holds.unshift(hold);
     this.#list.prepend(hold.el);
-    this.#empty.hidden = true;
-    delete this.root.dataset.empty; // a phone shows this panel only once it has a hold
+    this.#showEmpty();
     this.#setStatus(hold, "PENDING");
     this.#render(hold);
     this.#follow(hold);
@@ -290,7 +317,7 @@ export class Checkout {
     const now = performance.now();
     let pending = 0;
     for (const hold of this.#holds) {
-      if (hold.status !== "PENDING") continue;
+      if (hold.status !== "PENDING" || hold.buyer !== this.#buyer) continue;
       if (hold.offline && hold.subscription === null && now >= hold.retryAt) this.#follow(hold);
       this.#show(hold, now);
       pending += 1;
@@ -301,8 +328,18 @@ export class Checkout {
     }
   }
 
+  #showEmpty() {
+    const shown = this.#holds.some((hold) => hold.buyer === this.#buyer);
+    this.#empty.hidden = shown;
+    // A phone shows this panel only once it has a hold.
+    if (shown) delete this.root.dataset.empty;
+    else this.root.dataset.empty = "";
+  }
+
   #trim() {
-    const finished = this.#holds.filter((hold) => hold.status !== "PENDING");
+    const finished = this.#holds.filter(
+      (hold) => hold.status !== "PENDING" && hold.buyer === this.#buyer,
+    );
     for (const hold of finished.slice(KEEP_FINISHED)) {
       hold.el.remove();
       this.#holds.splice(this.#holds.indexOf(hold), 1);

@@ -13,16 +13,24 @@ export class RequestError extends Error {
   }
 }
 
-// The storefront token, when the server requires one (INVENTORY_STOREFRONT_TOKEN): sent
-// with every request, and in connection_init since browsers cannot set WebSocket headers.
+// The storefront token, when the server requires one (INVENTORY_STOREFRONT_TOKEN), and
+// the buyer's token (buyer.js): sent with every request, and in connection_init since
+// browsers cannot set WebSocket headers. A buyer token names who is shopping, so it goes
+// in place of the storefront token when the page has one.
 let storefrontToken = null;
+let buyerToken = null;
 
 export function setStorefrontToken(token) {
   storefrontToken = token || null;
 }
 
+export function setBuyerToken(token) {
+  buyerToken = token || null;
+}
+
 function authorization() {
-  return storefrontToken ? { authorization: `Bearer ${storefrontToken}` } : {};
+  const token = buyerToken ?? storefrontToken;
+  return token ? { authorization: `Bearer ${token}` } : {};
 }
 
 /** POST one document with its variables; resolves to `data`, throws on any error.
@@ -114,6 +122,22 @@ export class LiveSocket extends EventTarget {
         }
       },
     };
+  }
+
+  /** Connect again at once, e.g. with another buyer's token in connection_init: the
+   * subscriptions still open are sent again after the new connection_ack. */
+  restart() {
+    clearTimeout(this.#timers.retry);
+    this.#attempt = 0;
+    const ws = this.#ws;
+    if (ws !== null) {
+      this.#ws = null;
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      if (ws.readyState <= WebSocket.OPEN) ws.close();
+    }
+    for (const name of ["ack", "ping", "pong"]) clearTimeout(this.#timers[name]);
+    this.#connect();
+    this.#setStatus("connecting"); // asked for, not lost: no "reconnecting" banner
   }
 
   #connect() {

@@ -6,12 +6,14 @@
 
 export const PRODUCTS = /* GraphQL */ `
 query Products($skus: [String!], $first: Int) {
-  products(skus: $skus, first: $first) { sku name quantity reserved available version }
+  products(skus: $skus, first: $first) {
+    sku name quantity reserved available version purchaseLimit waiting
+  }
 }`;
 
 export const AVAILABILITY = /* GraphQL */ `
 subscription Availability($skus: [String!]!) {
-  availability(skus: $skus) { sku quantity reserved available version updatedAt }
+  availability(skus: $skus) { sku quantity reserved available version updatedAt waiting }
 }`;
 
 export const RESERVE = /* GraphQL */ `
@@ -24,6 +26,9 @@ mutation Reserve($lines: [ReserveLineInput!]!, $ttl: Int) {
     ... on ProductNotFound { sku }
     ... on InvalidInput { field }
     ... on IdempotencyKeyReused { idempotencyKey }
+    ... on PurchaseLimitExceeded { sku limit alreadyHeld }
+    ... on BuyerRequired { sku }
+    ... on TooManyPendingHolds { limit }
   }
 }`;
 
@@ -84,12 +89,53 @@ mutation Release($id: ID!, $lines: [ReserveLineInput!]) {
   }
 }`;
 
+// A place in a sku's waiting list: joining, leaving, and following it live (its position,
+// then the hold it is offered, which the checkout takes over). Each writes the entry's
+// selection out in full.
+export const JOIN_WAITLIST = /* GraphQL */ `
+mutation JoinWaitlist($sku: String!, $quantity: Int!) {
+  joinWaitlist(sku: $sku, quantity: $quantity) {
+    __typename
+    ... on Problem { message }
+    ... on WaitlistEntry {
+      id sku quantity status position
+      reservation { id status createdAt expiresAt lines { sku quantity } }
+    }
+    ... on ProductNotFound { sku }
+    ... on InvalidInput { field }
+    ... on PurchaseLimitExceeded { sku limit alreadyHeld }
+    ... on BuyerRequired { sku }
+  }
+}`;
+
+export const LEAVE_WAITLIST = /* GraphQL */ `
+mutation LeaveWaitlist($id: ID!) {
+  leaveWaitlist(id: $id) {
+    __typename
+    ... on Problem { message }
+    ... on WaitlistEntry {
+      id sku quantity status position
+      reservation { id status createdAt expiresAt lines { sku quantity } }
+    }
+    ... on WaitlistEntryNotFound { id }
+    ... on InvalidInput { field }
+  }
+}`;
+
+export const WAITLIST_PLACE = /* GraphQL */ `
+subscription WaitlistPlace($id: ID!) {
+  waitlistEntry(id: $id) {
+    id sku quantity status position
+    reservation { id status createdAt expiresAt lines { sku quantity } }
+  }
+}`;
+
 export const CREATE_PRODUCT = /* GraphQL */ `
 mutation CreateProduct($sku: String!, $name: String!, $quantity: Int!) {
   createProduct(sku: $sku, name: $name, quantity: $quantity) {
     __typename
     ... on Problem { message }
-    ... on Product { sku name quantity reserved available version }
+    ... on Product { sku name quantity reserved available version purchaseLimit waiting }
     ... on ProductNotFound { sku }
     ... on ProductExists { sku }
     ... on InvalidInput { field }
@@ -101,7 +147,7 @@ mutation AdjustStock($sku: String!, $delta: Int!, $reason: String!) {
   adjustStock(sku: $sku, delta: $delta, reason: $reason) {
     __typename
     ... on Problem { message }
-    ... on Product { sku name quantity reserved available version }
+    ... on Product { sku name quantity reserved available version purchaseLimit waiting }
     ... on ProductNotFound { sku }
     ... on ProductExists { sku }
     ... on InvalidInput { field }

@@ -1,17 +1,19 @@
-// The product view: the selected product's live numbers, a quantity picker and "Reserve".
+// The product view: the selected product's live numbers, its limit per buyer, a quantity
+// picker and "Reserve"; when sold out, the waiting list (waitlist.js).
 
 import { stockBadge, stockState } from "./catalog.js";
 import { byTestId, describeError, flash } from "./dom.js";
 import { request } from "./graphql.js";
 import { formatNumber, parseInteger } from "./numbers.js";
 import { RESERVE } from "./operations.js";
+import { Waitlist } from "./waitlist.js";
 
 export class ProductView {
   #el = {};
   #sku = null;
 
   /** `checkout.add(reservation)` receives every hold made here. */
-  constructor(root, { catalog, checkout, ttlSeconds }) {
+  constructor(root, { catalog, checkout, socket, ttlSeconds }) {
     this.root = root;
     this.catalog = catalog;
     this.checkout = checkout;
@@ -22,6 +24,7 @@ export class ProductView {
       "product-view-sku",
       "product-view-available",
       "product-view-detail",
+      "purchase-limit",
       "product-view-badge",
       "reserve-form",
       "quantity",
@@ -34,6 +37,11 @@ export class ProductView {
       this.#el[id] = byTestId(root, id);
     }
     this.#el.ttl.value = ttlSeconds;
+    this.waitlist = new Waitlist(byTestId(root, "waitlist"), {
+      socket,
+      checkout,
+      quantity: () => parseInteger(this.#el.quantity.value, 0),
+    });
     this.#el["quantity-less"].addEventListener("click", () => this.#step(-1));
     this.#el["quantity-more"].addEventListener("click", () => this.#step(+1));
     this.#el["reserve-form"].addEventListener("submit", (event) => {
@@ -68,13 +76,24 @@ export class ProductView {
     this.#paint(product);
   }
 
+  /** Another buyer is shopping: its own waiting-list places, none of the last answers. */
+  switchBuyer(buyer) {
+    this.#say("", "");
+    this.waitlist.switchBuyer(buyer);
+  }
+
   #paint(product) {
     const state = stockState(product.available);
     this.#el["product-view-body"].dataset.state = state;
     this.#el["product-view-available"].textContent = formatNumber(product.available);
     const { quantity, reserved } = product;
+    const queue = product.waiting > 0 ? ` · ${formatNumber(product.waiting)} wanted in line` : "";
     this.#el["product-view-detail"].textContent =
-      `${formatNumber(quantity)} on hand · ${formatNumber(reserved)} held by shoppers`;
+      `${formatNumber(quantity)} on hand · ${formatNumber(reserved)} held by shoppers${queue}`;
+    const limit = this.#el["purchase-limit"];
+    limit.hidden = product.purchaseLimit == null;
+    limit.textContent = limit.hidden ? "" : `Limit ${product.purchaseLimit} per buyer`;
+    this.waitlist.show(product);
     const badge = this.#el["product-view-badge"];
     badge.textContent = stockBadge(state);
     badge.hidden = !badge.textContent;
@@ -130,7 +149,12 @@ export function describeReserve(result) {
       return result.available === 0
         ? `Sold out: 0 left (you asked for ${result.requested}).`
         : `Only ${result.available} left (you asked for ${result.requested}).`;
+    case "PurchaseLimitExceeded":
+      return `Limit ${result.limit} per buyer: you already have ${result.alreadyHeld}, so you cannot reserve more.`;
+    case "BuyerRequired":
+      return "This product has a limit per buyer: pick a buyer at the top to reserve it.";
     default:
-      return result.message; // ProductNotFound, InvalidInput, IdempotencyKeyReused
+      // ProductNotFound, InvalidInput, IdempotencyKeyReused, TooManyPendingHolds
+      return result.message;
   }
 }

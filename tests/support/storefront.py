@@ -22,8 +22,9 @@ class Storefront:
         wait_for: list[str] | None = None,
         token: str | None = None,
         live: bool = True,
+        buyer: int | None = None,
     ) -> Page:
-        """A page on `?sku=...&ttl=...&token=...`; unless `live` is false, once it is live
+        """A page on `?sku=...&ttl=...&token=...&buyer=...`; unless `live` is false, once it is live
         and shows every sku in `wait_for` (default: all of `skus`)."""
         context = await self.browser.new_context(
             viewport=viewport or {"width": 1280, "height": 900}
@@ -37,6 +38,8 @@ class Storefront:
             params.append(f"ttl={ttl}")
         if token is not None:
             params.append(f"token={token}")
+        if buyer is not None:
+            params.append(f"buyer={buyer}")
         await page.goto(f"{base_url}/?{'&'.join(params)}")
         if not live:
             return page

@@ -62,7 +62,7 @@ def test_every_document_the_demo_defines_is_registered(checks):
     manifest = Manifest.load(MANIFEST, checks)
     source = (DEMO / "operations.js").read_text()
     exported = source.count("export const ")
-    assert exported == source.count("= /* GraphQL */ `") == len(manifest) == 9
+    assert exported == source.count("= /* GraphQL */ `") == len(manifest) == 12
     names = {document.name for document in manifest}
     assert names == {
         "Products",
@@ -74,6 +74,9 @@ def test_every_document_the_demo_defines_is_registered(checks):
         "Release",
         "CreateProduct",
         "AdjustStock",
+        "JoinWaitlist",
+        "LeaveWaitlist",
+        "WaitlistPlace",
     }
     # No other module of the demo writes a document of its own.
     for module in DEMO.glob("*.js"):
@@ -185,7 +188,7 @@ def test_trusted_only_is_on_in_production_unless_turned_off(tmp_path):
     assert load_trusted_documents(Settings()).only is False
     assert load_trusted_documents(Settings(production=True)).only is True
     assert not load_trusted_documents(Settings(production=True, trusted_documents_only=False)).only
-    assert len(load_trusted_documents(Settings()).manifest) == 9  # the checkout's manifest
+    assert len(load_trusted_documents(Settings()).manifest) == 12  # the checkout's manifest
     missing = tmp_path / "none.json"
     for settings in (
         Settings(trusted_documents_only=True, trusted_documents_file=missing),
