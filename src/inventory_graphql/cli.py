@@ -213,7 +213,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = with_database("serve", "run the GraphQL service")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--demo", action="store_true", help="load a demo catalog when empty")
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="load a demo catalog when empty; serve demo buyer tokens at /demo/buyer-token",
+    )
     serve.add_argument(
         "--workers", type=int, default=1, help="server processes sharing the port (default 1)"
     )
