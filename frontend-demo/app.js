@@ -124,9 +124,11 @@ async function loadCatalog() {
 }
 
 socket.addEventListener("connected", loadCatalog);
-socket.addEventListener("rejected", () =>
-  say("This storefront needs a token: open it with ?token=<storefront token>."),
-);
+socket.addEventListener("rejected", async () => {
+  // A demo token signed before the server restarted with a new secret: get a new one.
+  if (await buyers.renew()) return;
+  say("This storefront needs a token: open it with ?token=<storefront token>.");
+});
 socket.addEventListener("status", ({ detail: { state } }) => {
   const status = byTestId(page, "connection-status");
   status.dataset.state = state;

@@ -11,11 +11,14 @@ import { parseInteger } from "./numbers.js";
 const TOKEN_ROUTE = new URL("/demo/buyer-token", location.href);
 export const MAX_BUYER = 100000; // the demo route's bound too
 const RENEW_BEFORE_MS = 60000; // a demo token is renewed this long before it expires
+const RENEW_AFTER_REFUSAL_MS = 10000; // at most once per this, if the server refuses one
 
 /** Events: "change" (detail: {buyer, token, previous}) when another buyer takes over. */
 export class BuyerSwitcher extends EventTarget {
   #el = {};
   #renew = 0;
+  #fromDemo = false;
+  #refusedAt = -Infinity;
   buyer = null; // the buyer id (the token's `sub`), or null: anonymous
   token = null;
 
@@ -66,6 +69,17 @@ export class BuyerSwitcher extends EventTarget {
     }
   }
 
+  /** A new demo token for the same buyer after the server refused this one (a demo
+   * server restarted with a new random secret); false when there is none to be had. */
+  async renew() {
+    const now = performance.now();
+    if (!this.#fromDemo || this.buyer === null || now - this.#refusedAt < RENEW_AFTER_REFUSAL_MS) {
+      return false;
+    }
+    this.#refusedAt = now;
+    return this.#fetch(this.buyer);
+  }
+
   /** A token for `buyer` from the demo route; false when the server has none to give. */
   async #fetch(buyer, { renewing = false } = {}) {
     let body = null;
@@ -92,6 +106,7 @@ export class BuyerSwitcher extends EventTarget {
     const buyer = token ? subject(token) : null;
     this.token = token;
     this.buyer = buyer;
+    this.#fromDemo = Boolean(token) && fromDemo;
     if (token) {
       sessionStorage.setItem("buyerToken", token);
       sessionStorage.setItem("buyer", buyer);

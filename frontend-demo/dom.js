@@ -30,6 +30,10 @@ export function flash(el, className) {
 export function describeError(error) {
   // fetch() rejects with a TypeError only when there is no response at all.
   if (error instanceof TypeError) return "Cannot reach the server. Try again in a moment.";
+  if (error?.errors?.[0]?.extensions?.code === "UNAUTHENTICATED") {
+    // The buyer token was refused (expired, or signed with another secret).
+    return `${error.message} Switch buyer or reload the page for a new one.`;
+  }
   if (error?.status === 401) {
     return `${error.message} Open this page with ?token=<storefront token>.`;
   }

@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 from playwright.async_api import Locator, Page, expect
 
+from inventory_graphql.api.buyers import BuyerTokens
 from inventory_graphql.api.trusted_documents import Manifest
 from inventory_graphql.api.trusted_manifest import service_checks
 from inventory_graphql.testing.server import ServerProcess
@@ -187,6 +188,23 @@ async def test_switching_buyers_changes_whose_holds_you_see(storefront, demo):
         first_id: ("1", "CONFIRMED", 1),
         second_id: ("2", "PENDING", 2),
     }
+
+
+async def test_a_token_from_before_a_restart_is_replaced(storefront, demo):
+    """A demo server restarted makes a new random secret, so the token a tab kept is
+    refused (4403 at connection_init): the page gets a new one for the same buyer."""
+    sku = "SNEAKER-42"
+    page = await open_as(storefront, demo, 4, [sku])
+    stale = BuyerTokens("another run's secret, 32 bytes at least").mint("4")
+    await page.evaluate("token => sessionStorage.setItem('buyerToken', token)", stale)
+    await page.goto(f"{demo.url}/?sku={sku}")  # no ?buyer=: the tab's token is used
+    await expect(page.get_by_test_id("connection-status")).to_have_attribute("data-state", "live")
+    await expect(page.get_by_test_id("buyer-name")).to_have_text("You are buyer 4")
+    assert await page.evaluate("sessionStorage.getItem('buyerToken')") != stale
+    await expect(card(page, sku)).to_be_visible()
+    assert await reserve(page) == "Reservation"
+    _, hold_id = await newest_hold(page)
+    assert await holds_of(demo.db, sku) == {hold_id: ("4", "PENDING", 1)}
 
 
 async def test_the_limit_per_buyer_on_the_product_page(storefront, demo):
