@@ -28,20 +28,21 @@ export function setBuyerToken(token) {
   buyerToken = token || null;
 }
 
-function authorization() {
-  const token = buyerToken ?? storefrontToken;
+function authorization(buyer = buyerToken) {
+  const token = buyer ?? storefrontToken;
   return token ? { authorization: `Bearer ${token}` } : {};
 }
 
 /** POST one document with its variables; resolves to `data`, throws on any error.
- * `headers` win over the storefront token (the admin panel sends its own). */
-export async function request(query, variables = {}, { headers = {} } = {}) {
+ * `headers` win over the tokens (the admin panel sends its own); `anonymous` leaves the
+ * buyer's token out (the storefront token, if any, still goes). */
+export async function request(query, variables = {}, { headers = {}, anonymous = false } = {}) {
   const response = await fetch(ENDPOINT, {
     method: "POST",
     headers: {
       "content-type": "application/json",
       accept: "application/json",
-      ...authorization(),
+      ...(anonymous ? authorization(null) : authorization()),
       ...headers,
     },
     body: JSON.stringify({ query, variables }),

@@ -348,3 +348,27 @@ async def test_the_waiting_list_live_place_and_the_offered_hold(storefront, demo
     # Registered, all of them: over HTTP these (recorded from when the page was live); the
     # subscriptions (WaitlistPlace, Hold) would have been refused, not followed, if not.
     assert {manifest_name(demo.manifest, text) for text in sent} == {"JoinWaitlist", "Confirm"}
+
+
+async def test_the_flash_sale_crowd_is_not_the_buyer(storefront, demo):
+    """The crowd is other shoppers: anonymous holds, none of them the tab's buyer's; on a
+    product with a limit per buyer it is refused, and the buyer's own limit is untouched."""
+    page = await open_as(storefront, demo, 5, ["SNEAKER-42", "DROP-JACKET"])
+    await page.get_by_test_id("flash-sku").fill("SNEAKER-42")  # 12 units
+    await page.get_by_test_id("flash-attempts").fill("20")
+    await page.get_by_test_id("flash-start").click()
+    await expect(page.get_by_test_id("flash-sale")).to_have_attribute("data-state", "done")
+    await expect(page.get_by_test_id("flash-succeeded")).to_have_text("12")
+    await expect(page.get_by_test_id("flash-failed")).to_have_text("8")
+    crowd = await holds_of(demo.db, "SNEAKER-42")
+    assert len(crowd) == 12
+    assert {buyer for buyer, _, _ in crowd.values()} == {None}
+
+    await page.get_by_test_id("flash-sku").fill("DROP-JACKET")
+    await page.get_by_test_id("flash-attempts").fill("3")
+    await page.get_by_test_id("flash-start").click()
+    await expect(page.get_by_test_id("flash-sale")).to_have_attribute("data-state", "done")
+    await expect(page.get_by_test_id("flash-errors")).to_have_text("3")
+    assert await holds_of(demo.db, "DROP-JACKET") == {}
+    await card(page, "DROP-JACKET").get_by_role("button").click()
+    assert await reserve(page, 2) == "Reservation"
