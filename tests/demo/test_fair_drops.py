@@ -29,6 +29,7 @@ from tests.support.paths import ROOT
 from tests.support.storefront import assert_not_reloaded, card, card_count
 
 LIVE = 1000  # as in test_storefront.py: a change shows this soon
+MANIFEST = ROOT / "trusted-documents.json"
 # Units of the demo's small product: a few clicks sell it out.
 ENCORE_UNITS = 3
 
@@ -79,7 +80,7 @@ async def demo(postgres_url, tmp_path) -> AsyncIterator[Demo]:
         "INVENTORY_BUYER_TOKEN_SECRET": "",
         "INVENTORY_TRUSTED_DOCUMENTS_ONLY": "on",
     }
-    manifest = Manifest.load(ROOT / "trusted-documents.json", service_checks())
+    manifest = Manifest.load(MANIFEST, service_checks())
     server = ServerProcess(env, ["--demo"], log=tmp_path / "server.log")
     try:
         await asyncio.to_thread(server.wait_ready)
@@ -372,3 +373,32 @@ async def test_the_flash_sale_crowd_is_not_the_buyer(storefront, demo):
     assert await holds_of(demo.db, "DROP-JACKET") == {}
     await card(page, "DROP-JACKET").get_by_role("button").click()
     assert await reserve(page, 2) == "Reservation"
+
+
+async def test_demo_workers_share_the_runs_secret(postgres_url, tmp_path):
+    """`serve --demo --workers 2`: the random secret is made once, before the workers
+    start, so a token any worker hands out is good at every worker."""
+    url = await create_database(postgres_url)
+    env = {"DATABASE_URL": url, **SERVER_ENV, "INVENTORY_BUYER_TOKEN_SECRET": ""}
+    args = ["--demo", "--workers", "2"]
+    with ServerProcess(env, args, log=tmp_path / "server.log") as server:
+        db = await asyncpg.connect(url)
+        try:
+            # A connection per request, so that both workers answer some of them.
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(server.url, connector=connector) as http:
+                demo = Demo(server, db, http, Manifest.load(MANIFEST, service_checks()))
+
+                async def buy(buyer: int) -> str:
+                    line = {"sku": "CONSOLE-X", "quantity": 1}
+                    answer = await demo.as_buyer(buyer, "Reserve", lines=[line], ttl=60)
+                    assert answer["reserve"]["__typename"] == "Reservation", answer
+                    return answer["reserve"]["id"]
+
+                ids = await asyncio.gather(*(buy(buyer) for buyer in range(1, 41)))
+            held = await holds_of(db, "CONSOLE-X")
+            assert {hold_id: held[hold_id][0] for hold_id in ids} == {
+                hold_id: str(buyer) for buyer, hold_id in enumerate(ids, start=1)
+            }
+        finally:
+            await db.close()
