@@ -3,13 +3,15 @@
 // buyer can join with the quantity picked. The place is followed live through the
 // `waitlistEntry(id)` subscription ("You are #3 in line"); when units come free the server
 // offers the head of the queue a real hold, in the same transaction, and that hold lands
-// in the checkout with its countdown. Places are the buyer's, like holds.
+// in the checkout with its countdown. Places are the buyer's, like holds. A place still
+// waiting is remembered for the tab (session storage), so a reload keeps following it.
 
 import { byTestId, describeError } from "./dom.js";
 import { request } from "./graphql.js";
 import { JOIN_WAITLIST, LEAVE_WAITLIST, WAITLIST_PLACE } from "./operations.js";
 
 const RETRY_MS = 3000; // a refused subscription is asked for again after this
+const STORED = "waitlistPlaces"; // session storage: {key(buyer, sku): entry id} waiting
 
 export class Waitlist {
   #el = {};
@@ -41,6 +43,12 @@ export class Waitlist {
   /** Places shown and followed are this buyer's; the others' are put away. */
   switchBuyer(buyer) {
     this.#buyer = buyer;
+    for (const [stored, id] of Object.entries(remembered())) {
+      const [owner, sku] = stored.split("\u0000");
+      if (owner !== (buyer ?? "") || this.#places.has(stored)) continue;
+      // Its first message says where it is now (or that it was offered meanwhile).
+      this.#places.set(stored, { buyer, sku, id, subscription: null, retry: 0, status: "WAITING" });
+    }
     for (const place of this.#places.values()) {
       if (place.buyer !== buyer) this.#unfollow(place);
       else if (place.status === "WAITING" && place.subscription === null) this.#follow(place);
@@ -101,8 +109,17 @@ export class Waitlist {
       {
         next: ({ waitlistEntry }) => this.#apply(place, waitlistEntry),
         error: (errors) => {
-          // E.g. the connection's subscription limit: ask again in a while.
           place.subscription = null;
+          if (Array.isArray(errors) && errors[0]?.extensions?.code === "BAD_USER_INPUT") {
+            // Unknown to this buyer (a remembered place of a database since wiped, say):
+            // asking again cannot help.
+            const placeKey = key(place.buyer, place.sku);
+            remember(placeKey, null);
+            if (this.#places.get(placeKey) === place) this.#places.delete(placeKey);
+            this.#render();
+            return;
+          }
+          // E.g. the connection's subscription limit: ask again in a while.
           const text = Array.isArray(errors) ? errors.map((e) => e.message).join("; ") : errors;
           if (place.buyer === this.#buyer && place.sku === this.#product?.sku) {
             this.#say(`No live place in line: ${text}`, "error");
@@ -129,6 +146,7 @@ export class Waitlist {
     place.status = entry.status;
     place.position = entry.position;
     place.quantity = entry.quantity;
+    remember(key(place.buyer, place.sku), entry.status === "WAITING" ? place.id : null);
     if (entry.status !== "WAITING") this.#unfollow(place); // the server completes it too
     if (entry.status === "OFFERED" && entry.reservation && place.buyer === this.#buyer) {
       this.#checkout.add(entry.reservation);
@@ -171,6 +189,21 @@ export class Waitlist {
 
 function key(buyer, sku) {
   return `${buyer ?? ""}\u0000${sku}`;
+}
+
+function remembered() {
+  try {
+    return JSON.parse(sessionStorage.getItem(STORED)) ?? {};
+  } catch {
+    return {};
+  }
+}
+
+function remember(placeKey, id) {
+  const places = remembered();
+  if (id === null) delete places[placeKey];
+  else places[placeKey] = id;
+  sessionStorage.setItem(STORED, JSON.stringify(places));
 }
 
 /** What the shopper reads when joining did not work. */

@@ -6,9 +6,11 @@ the checkout. Each test has its own database, seeded with the demo catalog."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -402,3 +404,45 @@ async def test_demo_workers_share_the_runs_secret(postgres_url, tmp_path):
             }
         finally:
             await db.close()
+
+
+PLACES = "waitlistPlaces"  # waitlist.js's session storage: the tab's places in line
+
+
+async def remembered(page: Page, places: list[str]) -> None:
+    """Wait until the tab remembers exactly these places (buyer NUL sku)."""
+    await page.wait_for_function(
+        "expected => JSON.stringify(Object.keys(JSON.parse("
+        f"sessionStorage.getItem('{PLACES}') || '{{}}'))) === expected",
+        arg=json.dumps(places, separators=(",", ":")),
+    )
+
+
+async def test_a_place_in_line_outlives_a_reload(storefront, demo):
+    sku = "ENCORE-PASS"
+    line = {"sku": sku, "quantity": ENCORE_UNITS}
+    held = (await demo.as_buyer(1, "Reserve", lines=[line], ttl=600))["reserve"]
+    page = await open_as(storefront, demo, 2, [sku])
+    await page.get_by_test_id("waitlist-join").click()
+    place = page.get_by_test_id("waitlist-position")
+    await expect(place).to_have_text("You are #1 in line")
+
+    # Also remembered: a place the server does not know (a wiped database), forgotten.
+    places = json.loads(await page.evaluate(f"sessionStorage.getItem('{PLACES}')"))
+    places["2\u0000SNEAKER-42"] = str(uuid.uuid4())
+    await page.evaluate(f"places => sessionStorage.setItem('{PLACES}', places)", json.dumps(places))
+    await page.reload()
+    await expect(page.get_by_test_id("buyer-name")).to_have_text("You are buyer 2")
+    await expect(place).to_have_text("You are #1 in line")
+    await expect(page.get_by_test_id("waitlist-leave")).to_be_visible()
+    await remembered(page, [f"2\u0000{sku}"])
+
+    # Units come free: the offer reaches the reloaded page's checkout.
+    released = await demo.as_buyer(1, "Release", id=held["id"])
+    assert released["release"]["__typename"] == "Reservation"
+    offered = page.locator('[data-testid="hold"]:visible').first
+    await expect(offered).to_have_attribute("data-status", "PENDING", timeout=LIVE)
+    offered_id = await offered.get_attribute("data-hold-id")
+    assert offered_id is not None
+    assert (await holds_of(demo.db, sku))[offered_id] == ("2", "PENDING", 1)
+    await remembered(page, [])
