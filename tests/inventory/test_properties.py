@@ -718,11 +718,17 @@ class InventoryMachine(RuleBasedStateMachine):
         return self._reserve(self.lines(line), None, None, self.buyer(who))
 
     @precondition(lambda self: self.model.keys)
-    @rule(data=st.data(), lines_as=st.sampled_from(["reversed", "shuffled", "other"]), ttl=TTLS)
-    def reuse_key(self, data: st.DataObject, lines_as: str, ttl: int | None) -> None:
+    @rule(
+        target=holds,
+        data=st.data(),
+        lines_as=st.sampled_from(["reversed", "shuffled", "other", "by another buyer"]),
+        ttl=TTLS,
+    )
+    def reuse_key(self, data: st.DataObject, lines_as: str, ttl: int | None) -> NewHolds:
         """A buyer's used key again: with the same lines in any order it answers the
         original hold as it is now; with other lines, IdempotencyKeyReused. Nothing new
-        is held."""
+        is held. The same key and lines from another caller are that caller's own key:
+        a reserve of its own, which neither reveals nor returns the first hold."""
         used = sorted(self.model.keys, key=lambda used: (used[0] or "", used[1]))
         buyer, key = data.draw(st.sampled_from(used), label="key")
         hold = self.model.holds[self.model.keys[buyer, key]]
@@ -731,9 +737,12 @@ class InventoryMachine(RuleBasedStateMachine):
             lines = held[::-1]
         elif lines_as == "shuffled":
             lines = data.draw(st.permutations(held), label="lines")
-        else:
+        elif lines_as == "other":
             lines = self.lines(data.draw(CART, label="cart"))
-        self._reserve(lines, ttl, key, buyer)
+        else:
+            lines = held
+            buyer = self.actor(buyer, "stranger", data).buyer
+        return self._reserve(lines, ttl, key, buyer)
 
     def _reserve(
         self, lines: list[LineRequest], ttl: int | None, key: str | None, buyer: str | None
@@ -1363,6 +1372,8 @@ class InventoryMachine(RuleBasedStateMachine):
         over = self.model.above_limit()
         problems = [p for p in report.problems if not any(s in p and b in p for s, b in over)]
         assert not problems, problems
+        for sku, buyer in over:
+            assert any(sku in p and buyer in p for p in report.problems), (sku, buyer)
 
     async def _check_products(self) -> None:
         rows = await self.db.fetch(PRODUCTS, [self.sku(slot) for slot in range(SLOTS)])
