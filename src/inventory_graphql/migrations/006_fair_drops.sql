@@ -178,18 +178,30 @@ BEGIN
                    (SELECT count(*)::int FROM reservation v
                     WHERE v.buyer = r.buyer AND v.status = 'PENDING') END AS pending
         FROM request r JOIN locked k ON k.sku = r.sku
-    ), eligible AS (
+    ), alone AS (
+        -- Whether the request could be granted on its own, after the committed numbers.
         SELECT j.*,
                (j.waiting = 0
-                AND (j.purchase_limit IS NULL OR (j.buyer IS NOT NULL
-                     AND j.tally + sum(j.quantity) OVER (
-                         PARTITION BY j.buyer, j.product_id ORDER BY j.ord) <= j.purchase_limit))
-                AND (j.pending IS NULL
-                     OR j.pending + row_number() OVER (PARTITION BY j.buyer ORDER BY j.ord)
-                        <= max_pending)) AS may
+                AND (j.purchase_limit IS NULL
+                     OR (j.buyer IS NOT NULL AND j.tally + j.quantity <= j.purchase_limit))
+                AND (j.pending IS NULL OR j.pending + 1 <= max_pending)) AS could
         FROM judged j
+    ), eligible AS (
+        -- And after the buyer's earlier requests here that could be granted too. One that
+        -- could alone but not after those ("uncertain": the caller tries it again in the
+        -- next pass, once they are decided) still keeps its place in its product's line.
+        SELECT a.*,
+               (a.could
+                AND (a.purchase_limit IS NULL
+                     OR a.tally + sum(CASE WHEN a.could THEN a.quantity ELSE 0 END) OVER (
+                            PARTITION BY a.buyer, a.product_id ORDER BY a.ord)
+                        <= a.purchase_limit)
+                AND (a.pending IS NULL
+                     OR a.pending + count(*) FILTER (WHERE a.could) OVER (
+                            PARTITION BY a.buyer ORDER BY a.ord) <= max_pending)) AS may
+        FROM alone a
     ), fifo AS (
-        SELECT e.*, sum(CASE WHEN e.may THEN e.quantity ELSE 0 END) OVER (
+        SELECT e.*, sum(CASE WHEN e.could THEN e.quantity ELSE 0 END) OVER (
                         PARTITION BY e.product_id ORDER BY e.ord) AS wanted_so_far
         FROM eligible e
     ), granted AS (
