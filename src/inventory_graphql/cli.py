@@ -62,6 +62,8 @@ async def _check(url: str, settings: Settings) -> int:
         print(f"MISMATCH {problem}")
     verdict = "ok" if report.ok else f"{len(report.problems)} problems"
     voided = f" ({report.voided} request ids voided after faults)" if report.voided else ""
+    if report.above_lowered_limit:
+        voided += f" ({report.above_lowered_limit} buyers above a limit lowered after they bought)"
     print(f"checked {report.products} products and {report.holds} holds{voided}: {verdict}")
     return 0 if report.ok else 1
 

@@ -420,7 +420,15 @@ class Model:
         Serving after a whole step is the same as after each statement of it: within a
         step, what is free on a product with a queue only grows."""
         for sku, stock in sorted(self.products.items()):
+            if stock.available == 0:
+                continue  # nothing was freed here: the trigger has nothing to hand out
             for entry in self.queue(sku):
+                over = stock.limit is not None and (
+                    self.tally(entry.buyer, sku) + entry.quantity > stock.limit
+                )
+                if over:
+                    entry.status = LEFT  # the limit was lowered since it joined
+                    continue
                 if entry.quantity > stock.available:
                     break  # nobody behind the head is served
                 entry.status = OFFERED
@@ -1339,12 +1347,10 @@ class InventoryMachine(RuleBasedStateMachine):
         self.run(self._check_holds())
         self.run(self._check_entries())
         report = self.run(reconcile(self.db, overdue_grace_seconds=OVERDUE_GRACE_SECONDS))
-        # A buyer above a lowered limit is reported, as it should be; nothing else is.
-        over = self.model.above_limit()
-        problems = [p for p in report.problems if not any(s in p and b in p for s, b in over)]
-        assert not problems, problems
-        for sku, buyer in over:
-            assert any(sku in p and buyer in p for p in report.problems), (sku, buyer)
+        assert report.ok, report.problems
+        # Buyers above a limit lowered below what they had: counted, not a problem (the
+        # database's count covers every example's products; ours are among them).
+        assert report.above_lowered_limit >= len(self.model.above_limit())
 
     async def _check_products(self) -> None:
         rows = await self.db.fetch(PRODUCTS, [self.sku(slot) for slot in range(SLOTS)])
@@ -1448,7 +1454,7 @@ async def test_a_buyers_refused_request_lets_nobody_overtake_its_next_one(
     """One batch, FIFO: buyer b's first request is refused (over its limit of 1; or, with
     one pending hold of a cap of 2, short on another product), its second one fits and is
     first in line for the last unit, and buyer c's request behind it is refused."""
-    sku, other = await make_product(1), await make_product(0)
+    sku, other = await make_product(1), await make_product(1)
     b, c = Caller(buyer=f"b-{uuid.uuid4().hex}"), Caller(buyer=f"c-{uuid.uuid4().hex}")
     service = InventoryService(
         pool, Settings(coalesce_reservations=True, max_pending_holds_per_buyer=2)
@@ -1458,7 +1464,6 @@ async def test_a_buyers_refused_request_lets_nobody_overtake_its_next_one(
             await db.execute("UPDATE product SET purchase_limit = 1 WHERE sku = $1", sku)
             first = LineRequest(sku, 2)
         else:
-            await db.execute("UPDATE product SET quantity = 1 WHERE sku = $1", other)
             held = await service.reserve([LineRequest(other, 1)], caller=b)
             assert isinstance(held, Reservation), held
             first = LineRequest(other, 1)  # the other product is sold out now

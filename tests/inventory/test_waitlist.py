@@ -364,14 +364,39 @@ async def test_check_finds_a_broken_queue_and_buyers_above_a_limit(scratch):
     await service.adjust_stock("W-1", 1, "restock")
     assert len(await problems()) == 1  # the forged offer stays forged
 
-    # A limit lowered below what a buyer already holds.
+    # A limit lowered below what a buyer already holds: what it had stands (counted).
     held = await service.reserve([LineRequest("W-2", 3)], caller=Caller("x"))
     assert isinstance(held, Reservation)
     await service.set_purchase_limit("W-2", 2)
+    report = await reconcile(db, 5)
+    assert report.problems[1:] == [] and report.above_lowered_limit == 1
+    # Had the limit been in force when that hold was made, the buyer was let past it.
+    await db.execute(
+        "UPDATE product SET purchase_limit_set_at = now() - interval '1 hour' WHERE sku = 'W-2'"
+    )
     assert (await problems())[1:] == [
-        "W-2: buyer x holds or bought 3, above the limit of 2 "
-        "(a limit lowered below what was already sold does this)"
+        "W-2: buyer x holds or bought 3, above the limit of 2 with a hold made since it was set"
     ]
+
+
+async def test_a_head_over_a_limit_lowered_since_it_joined_leaves_when_its_turn_comes(
+    service, db, make_product
+):
+    sku = await make_product(2)
+    blocker = await sold_out(service, sku, 2)
+    await service.set_purchase_limit(sku, 3)
+    first = await join(service, sku, 2, buyer(1))
+    second = await join(service, sku, 1, buyer(2))
+    assert (first.position, second.position) == (1, 2)
+    await service.set_purchase_limit(sku, 1)  # buyer 1 now wants more than a buyer may have
+    assert isinstance(await service.release(blocker.id), Reservation)
+    gone = await service.waitlist_entry(first.id, caller=buyer(1))
+    served = await service.waitlist_entry(second.id, caller=buyer(2))
+    assert gone is not None and (gone.status, gone.reservation_id) == (LEFT, None)
+    assert served is not None and served.status is OFFERED
+    assert await waiting(db, sku) == 0
+    assert (await stock(db, sku))["reserved"] == 1
+    assert (await check(db)).ok
 
 
 async def test_acceptance_freed_units_go_to_the_queue_while_public_reserves_race(

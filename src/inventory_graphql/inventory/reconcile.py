@@ -131,18 +131,25 @@ WHERE w.status = 'OFFERED'
 LIMIT 100
 """
 
-# What each buyer holds plus has bought of a limited product (buyer_tally, for all).
-ABOVE_LIMIT = """
-SELECT p.sku, r.buyer, p.purchase_limit, sum(l.quantity - l.released) AS tally
-FROM reservation r
-JOIN reservation_line l ON l.reservation_id = r.id
-JOIN product p ON p.id = l.product_id
-WHERE r.buyer IS NOT NULL AND p.purchase_limit IS NOT NULL
-GROUP BY p.id, r.buyer
-HAVING sum(l.quantity - l.released) > p.purchase_limit
-ORDER BY p.sku, r.buyer
-LIMIT 100
+# Buyers holding plus having bought more of a limited product than its limit (buyer_tally,
+# for all). A buyer's tally only grows by a grant, and a grant made after the limit was
+# set kept the buyer within it (later steps only give back): so a buyer above the limit
+# with a hold made since it was set was let past it (a problem); one without had those
+# units before a lower limit was set, and they stand (counted, not a problem).
+_ABOVE_LIMIT = """
+WITH above AS (
+    SELECT p.sku, r.buyer, p.purchase_limit, sum(l.quantity - l.released) AS tally,
+           max(r.created_at) >= p.purchase_limit_set_at AS since_set
+    FROM reservation r
+    JOIN reservation_line l ON l.reservation_id = r.id
+    JOIN product p ON p.id = l.product_id
+    WHERE r.buyer IS NOT NULL AND p.purchase_limit IS NOT NULL
+    GROUP BY p.id, r.buyer
+    HAVING sum(l.quantity - l.released) > p.purchase_limit
+)
 """
+ABOVE_LIMIT = _ABOVE_LIMIT + "SELECT * FROM above WHERE since_set ORDER BY sku, buyer LIMIT 100"
+ABOVE_LOWERED_LIMIT = _ABOVE_LIMIT + "SELECT count(*) FROM above WHERE NOT since_set"
 
 
 @dataclass
@@ -153,6 +160,8 @@ class Report:
     # information, not a problem. What clients were told is not in the database, so an
     # orphan hold (one whose client never got its id) cannot be told from any other.
     voided: int = 0
+    # Buyers above a limit that was lowered below what they already had: information.
+    above_lowered_limit: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -203,7 +212,8 @@ async def reconcile(conn: Connection, overdue_grace_seconds: float) -> Report:
             )
         for r in await conn.fetch(ABOVE_LIMIT):
             report.problems.append(
-                f"{r['sku']}: buyer {r['buyer']} holds or bought {r['tally']}, above the limit "
-                f"of {r['purchase_limit']} (a limit lowered below what was already sold does this)"
+                f"{r['sku']}: buyer {r['buyer']} holds or bought {r['tally']}, above the "
+                f"limit of {r['purchase_limit']} with a hold made since it was set"
             )
+        report.above_lowered_limit = await conn.fetchval(ABOVE_LOWERED_LIMIT)
     return report

@@ -21,7 +21,21 @@ CREATE INDEX reservation_by_buyer ON reservation (buyer) WHERE buyer IS NOT NULL
 -- that add and remove entries, under the product's row lock).
 ALTER TABLE product
     ADD COLUMN purchase_limit integer CHECK (purchase_limit BETWEEN 1 AND 1000000000),
+    ADD COLUMN purchase_limit_set_at timestamptz,
     ADD COLUMN waiting integer NOT NULL DEFAULT 0 CHECK (waiting >= 0);
+
+-- When the limit last changed, whoever changed it: what buyers had before a lowered
+-- limit stands, and `check` tells that apart from a buyer let past a limit in force.
+CREATE FUNCTION product_limit_set() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.purchase_limit_set_at := now();
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER product_limit_set
+    BEFORE UPDATE OF purchase_limit ON product
+    FOR EACH ROW WHEN (OLD.purchase_limit IS DISTINCT FROM NEW.purchase_limit)
+    EXECUTE FUNCTION product_limit_set();
 
 -- What a buyer holds or bought of a product: every line keeps `quantity - released`
 -- units counted (held plus confirmed), whatever its hold's status.
@@ -72,7 +86,8 @@ CREATE TRIGGER waitlist_resolves_once
 -- transaction that made them available, whatever statement did (a release, an expiry,
 -- a restock, the head leaving, a plain SQL UPDATE): the head entry is offered a PENDING
 -- hold for its buyer when its whole quantity fits; while it does not, nobody behind it
--- is served. The offers' own updates of the product fire this trigger again; that inner
+-- is served. The limit applies at join; a head whose buyer would now pass a limit
+-- lowered since then leaves the queue when its turn comes. The offers' own updates of the product fire this trigger again; that inner
 -- call has nothing to do (the outer loop serves the queue), so it returns at once.
 CREATE FUNCTION product_offer_to_waiting() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
@@ -85,13 +100,23 @@ BEGIN
     IF pg_trigger_depth() > 1 THEN
         RETURN NULL;
     END IF;
-    FOR product IN SELECT id FROM changed WHERE waiting > 0 AND quantity > reserved ORDER BY sku
+    FOR product IN
+        SELECT id, purchase_limit FROM changed
+        WHERE waiting > 0 AND quantity > reserved ORDER BY sku
     LOOP
         LOOP
             SELECT w.id, w.buyer, w.quantity INTO head FROM waitlist_entry w
             WHERE w.product_id = product.id AND w.status = 'WAITING'
             ORDER BY w.seq LIMIT 1;
             EXIT WHEN NOT FOUND;
+            IF product.purchase_limit IS NOT NULL
+               AND buyer_tally(head.buyer, product.id) + head.quantity > product.purchase_limit
+            THEN
+                UPDATE waitlist_entry SET status = 'LEFT', resolved_at = now()
+                WHERE id = head.id;
+                UPDATE product p SET waiting = p.waiting - head.quantity WHERE p.id = product.id;
+                CONTINUE;
+            END IF;
             UPDATE product p SET reserved = p.reserved + head.quantity,
                                  waiting = p.waiting - head.quantity
             WHERE p.id = product.id AND p.quantity - p.reserved >= head.quantity;
