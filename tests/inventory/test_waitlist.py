@@ -26,6 +26,7 @@ from inventory_graphql.inventory.models import (
     InsufficientStock,
     InvalidInput,
     LineRequest,
+    Product,
     ProductNotFound,
     PurchaseLimitExceeded,
     Reservation,
@@ -377,6 +378,24 @@ async def test_check_finds_a_broken_queue_and_buyers_above_a_limit(scratch):
     assert (await problems())[1:] == [
         "W-2: buyer x holds or bought 3, above the limit of 2 with a hold made since it was set"
     ]
+
+
+async def test_a_restock_answers_the_product_as_the_queue_left_it(service, db, make_product):
+    sku = await make_product(1)
+    await sold_out(service, sku, 1)
+    entry = await join(service, sku, 2, buyer(1))
+    restocked = await service.adjust_stock(sku, 2, "restock")
+    # Told what the transaction left: the two units went to the queue's hold.
+    assert isinstance(restocked, Product)
+    assert (restocked.quantity, restocked.reserved, restocked.waiting) == (3, 3, 0)
+    assert await stock(db, sku) == {
+        "quantity": 3,
+        "reserved": 3,
+        "available": 0,
+        "version": restocked.version,
+    }
+    offered = await service.waitlist_entry(entry.id, caller=buyer(1))
+    assert offered is not None and offered.status is OFFERED
 
 
 async def test_a_head_over_a_limit_lowered_since_it_joined_leaves_when_its_turn_comes(

@@ -90,6 +90,10 @@ class Catalog:
 
         async def adjust(conn: Connection) -> ProductOutcome:
             row = await conn.fetchrow(ADJUST, sku, delta, reason)
+            if row and row["waiting"] > 0:
+                # The statement's own row is from before its trigger served the queue:
+                # answer the product as the transaction leaves it (offers included).
+                row = await conn.fetchrow(SELECT_ONE, sku)
             if row:
                 return Product.from_row(row)
             # Nothing changed; read only to explain why.
