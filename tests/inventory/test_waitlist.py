@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from datetime import timedelta
 
@@ -37,6 +38,7 @@ from inventory_graphql.inventory.models import (
 )
 from inventory_graphql.inventory.reconcile import reconcile
 from inventory_graphql.inventory.service import InventoryService
+from inventory_graphql.inventory.waitlist import QueueReads
 from tests.support.database import check, create_database, stock, told_equals_held
 
 WAITING, OFFERED, LEFT = WaitlistStatus.WAITING, WaitlistStatus.OFFERED, WaitlistStatus.LEFT
@@ -491,3 +493,29 @@ async def test_acceptance_freed_units_go_to_the_queue_while_public_reserves_race
         assert await units(db, sku) == (10, 10, 0) and await waiting(db, sku) == 80
         await told_equals_held(db, [sku], public + first + second)
         assert (await check(db)).ok
+
+
+async def test_watchers_of_a_queue_share_one_read_of_it(pool, service, db, make_product):
+    """A queue that moves is read once for every watcher that heard of the move before
+    that read started (not once per watcher); one who heard later gets a read of its own."""
+    sku = await make_product(1)
+    await sold_out(service, sku, 1)
+    entries_in_line = [await join(service, sku, 1, buyer(n)) for n in range(3)]
+
+    class Counted(QueueReads):
+        reads = 0
+
+        async def _read(self, sku: str) -> dict[str, int]:
+            Counted.reads += 1
+            return await super()._read(sku)
+
+    reads = Counted(pool)
+    heard = time.monotonic()
+    answers = await asyncio.gather(*(reads.positions(sku, heard) for _ in range(50)))
+    expected = {entry.id: n + 1 for n, entry in enumerate(entries_in_line)}
+    assert answers == [expected] * 50
+    assert Counted.reads == 1
+    await service.leave_waitlist(entries_in_line[0].id, caller=buyer(0))
+    moved = await reads.positions(sku, time.monotonic())
+    assert moved == {entries_in_line[1].id: 1, entries_in_line[2].id: 2}
+    assert Counted.reads == 2

@@ -4,6 +4,8 @@ subscription). Composed into the schema's root types in schema.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, assert_never
@@ -173,17 +175,19 @@ async def _entry_states(
     """An entry's position changes exactly when units leave its product's queue (an entry
     ahead is offered or leaves), and so does its status: each moves `product.waiting`,
     which availability notifications carry. So the entry follows its product through the
-    availability hub and is re-read when `waiting` changed, or when versions were skipped
-    in between (a skipped version may have moved it and back)."""
+    availability hub, and when `waiting` changed (or versions were skipped in between: a
+    skipped version may have moved it and back) it looks itself up in the queue, in one
+    read shared with every other watcher of the sku. Once it is no longer in the queue,
+    its own row says how it left (OFFERED, with its hold, or LEFT)."""
     try:
         context = info.context
         caller = _caller(info)
         # Watch first, read second: a change committed in between reaches the mailbox.
         with context.hub.watch([first.sku]) as mailbox:
+            entry: models.WaitlistEntry | None = first
             last: models.WaitlistEntry | None = None
             seen: models.StockLevel | None = None
             while True:
-                entry = await context.service.waitlist_entry(first.id, caller=caller)
                 if entry is None:  # removed by hand: nothing more will come
                     raise bad_input(f"unknown waiting-list entry: {first.id}")
                 if entry != last:
@@ -191,11 +195,16 @@ async def _entry_states(
                     last = entry
                 if entry.status is not models.WaitlistStatus.WAITING:
                     return  # OFFERED and LEFT are final: the stream completes
-                # At most one read per interval per subscriber; changes meanwhile coalesce
+                # At most one look per interval per subscriber; changes meanwhile coalesce
                 # in the mailbox. The first change after a quiet spell is read at once.
                 if context.live_interval_seconds:
                     await asyncio.sleep(context.live_interval_seconds)
                 seen = await _queue_moved(mailbox.take, seen)
+                queue = await context.service.waitlist_positions(first.sku, time.monotonic())
+                if (position := queue.get(entry.id)) is not None:
+                    entry = dataclasses.replace(entry, position=position)
+                else:
+                    entry = await context.service.waitlist_entry(first.id, caller=caller)
     finally:
         quota.release()
 

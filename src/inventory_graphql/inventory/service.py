@@ -38,7 +38,7 @@ from inventory_graphql.inventory.models import (
 from inventory_graphql.inventory.per_request import PerRequest
 from inventory_graphql.inventory.reservations import Reservations
 from inventory_graphql.inventory.sweeper import Sweeper
-from inventory_graphql.inventory.waitlist import Waitlist
+from inventory_graphql.inventory.waitlist import QueueReads, Waitlist
 
 SCHEMA_VERSION = "SELECT max(version) FROM schema_migration"
 
@@ -80,6 +80,7 @@ class InventoryService:
         self._settings = settings
         self._catalog = Catalog(pool)
         self._waitlist = Waitlist(pool)
+        self._queue_reads = QueueReads(pool)
         self._reservations = Reservations(
             pool, settings.hold_ttl_seconds, settings.max_pending_holds_per_buyer or None
         )
@@ -237,6 +238,11 @@ class InventoryService:
 
     async def waitlist_entry(self, entry_id: str, *, caller: Caller) -> WaitlistEntry | None:
         return await self._waitlist.entry(entry_id, caller)
+
+    async def waitlist_positions(self, sku: str, heard_at: float) -> dict[str, int]:
+        """The positions of the sku's WAITING entries by id, read no earlier than
+        `heard_at` (time.monotonic()); one read serves every concurrent watcher."""
+        return await self._queue_reads.positions(sku, heard_at)
 
     # Stock (admin)
 

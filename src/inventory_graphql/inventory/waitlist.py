@@ -10,6 +10,10 @@ the trigger sees the queue as it now is.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import time
+
 import asyncpg
 
 from inventory_graphql.database import Connection
@@ -82,6 +86,13 @@ SELECT w.id::text, p.sku, w.buyer, w.quantity, w.status::text AS status,
        END AS position
 FROM waitlist_entry w JOIN product p ON p.id = w.product_id
 WHERE w.id = $1
+"""
+
+# A sku's whole queue, positions by entry id: one read serves every watcher of the sku.
+QUEUE = """
+SELECT w.id::text, row_number() OVER (ORDER BY w.seq)::int AS position
+FROM waitlist_entry w JOIN product p ON p.id = w.product_id
+WHERE p.sku = $1 AND w.status = 'WAITING'
 """
 
 
@@ -158,3 +169,42 @@ async def _read(conn: Connection, entry_id: object) -> WaitlistEntry:
     row = await conn.fetchrow(ENTRY, entry_id)
     assert row is not None, "an entry is never deleted"
     return _entry(row)
+
+
+class QueueReads:
+    """Positions in a sku's queue, read once for everyone waiting to hear them.
+
+    When a queue moves, every watcher of the sku wants its new position: reading each
+    entry's position costs O(position) per watcher, so a thousand watchers would cost a
+    million rows per move. Instead one read of the queue (O(queue)) serves every watcher
+    that heard of the move before that read started, so it sees that move.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._reads: dict[str, tuple[float, asyncio.Future[dict[str, int]]]] = {}
+
+    async def positions(self, sku: str, heard_at: float) -> dict[str, int]:
+        """The sku's WAITING entries by id, with their positions, as of a read started no
+        earlier than `heard_at` (time.monotonic())."""
+        current = self._reads.get(sku)
+        if current is None or current[0] < heard_at:
+            current = (time.monotonic(), asyncio.ensure_future(self._read(sku)))
+            self._reads[sku] = current
+            current[1].add_done_callback(functools.partial(self._forget, sku, current))
+        # Shielded: a watcher that leaves must not cancel the others' read.
+        return await asyncio.shield(current[1])
+
+    async def _read(self, sku: str) -> dict[str, int]:
+        return {row["id"]: row["position"] for row in await self._pool.fetch(QUEUE, sku)}
+
+    def _forget(
+        self,
+        sku: str,
+        read: tuple[float, asyncio.Future[dict[str, int]]],
+        _: asyncio.Future[dict[str, int]],
+    ) -> None:
+        if self._reads.get(sku) is read:
+            del self._reads[sku]
+        if not read[1].cancelled():
+            read[1].exception()  # retrieved: each awaiting watcher got it already
