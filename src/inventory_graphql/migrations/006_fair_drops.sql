@@ -191,9 +191,10 @@ BEGIN
     ), locked AS (
         SELECT p.id, p.sku, p.quantity - p.reserved AS available, p.waiting, p.purchase_limit
         FROM product p WHERE p.sku = any(skus) FOR UPDATE
-    ), judged AS (
+    ), judged AS MATERIALIZED (
         -- The buyer's numbers only where they matter (CASE runs a subquery only when its
         -- branch is taken): the tally for limited products, the count under a cap.
+        -- Materialized: each is read once per request, however often it is used below.
         SELECT r.*, k.id AS product_id, k.available, k.waiting, k.purchase_limit,
                CASE WHEN k.purchase_limit IS NOT NULL AND r.buyer IS NOT NULL THEN
                    (SELECT coalesce(sum(l.quantity - l.released), 0)::int
@@ -248,24 +249,25 @@ BEGIN
         INSERT INTO stock_movement
             (product_id, kind, quantity_delta, reserved_delta, reservation_id)
         SELECT g.product_id, 'RESERVE', 0, g.quantity, g.id FROM granted g
-    ), granted_to AS (
-        SELECT g.buyer, g.product_id, sum(g.quantity)::int AS units, count(*)::int AS holds
-        FROM granted g WHERE g.buyer IS NOT NULL GROUP BY g.buyer, g.product_id
+    ), granted_units AS (
+        -- What this statement gave each buyer, for the numbers after it.
+        SELECT g.buyer, g.product_id, sum(g.quantity)::int AS units
+        FROM granted g WHERE g.tally IS NOT NULL GROUP BY g.buyer, g.product_id
+    ), granted_holds AS (
+        SELECT g.buyer, count(*)::int AS holds
+        FROM granted g WHERE g.pending IS NOT NULL GROUP BY g.buyer
     )
     SELECT f.ord, f.sku,
            CASE WHEN f.waiting > 0 THEN 0
                 ELSE f.available - coalesce(pp.quantity, 0) END::int,
            h.created_at, h.expires_at, f.purchase_limit,
-           CASE WHEN f.tally IS NOT NULL THEN
-               (f.tally + coalesce((SELECT t.units FROM granted_to t
-                                    WHERE t.buyer = f.buyer AND t.product_id = f.product_id),
-                                   0))::int END,
-           CASE WHEN f.pending IS NOT NULL THEN
-               (f.pending + coalesce((SELECT sum(t.holds) FROM granted_to t
-                                      WHERE t.buyer = f.buyer), 0))::int END
+           (f.tally + coalesce(gu.units, 0))::int,
+           (f.pending + coalesce(gh.holds, 0))::int
     FROM fifo f
     LEFT JOIN per_product pp ON pp.product_id = f.product_id
-    LEFT JOIN hold h ON h.id = f.id;
+    LEFT JOIN hold h ON h.id = f.id
+    LEFT JOIN granted_units gu ON gu.buyer = f.buyer AND gu.product_id = f.product_id
+    LEFT JOIN granted_holds gh ON gh.buyer = f.buyer;
 END $$;
 
 -- A line of a cart (the per-request path, and carts in a batch): the same decision for
