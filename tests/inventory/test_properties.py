@@ -664,12 +664,14 @@ class InventoryMachine(RuleBasedStateMachine):
             assert outcome == InvalidInput("delta", f"would take quantity above {MAX_STOCK:,}")
         else:
             stock.quantity += delta
+            self._serve()  # a restock goes to the queue first, in its own transaction
             assert isinstance(outcome, Product), outcome
-            # The answer is the row as the restock left it, before the queue took its share.
-            assert (outcome.sku, outcome.quantity, outcome.reserved) == (
+            # The answer is the product as that transaction left it, the queue's share taken.
+            assert (outcome.sku, outcome.quantity, outcome.reserved, outcome.waiting) == (
                 sku,
                 stock.quantity,
                 stock.reserved,
+                self.model.waiting(sku),
             )
 
     @rule(slot=st.integers(0, SLOTS - 1), limit=LIMITS)
