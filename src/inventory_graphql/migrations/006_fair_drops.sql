@@ -167,7 +167,9 @@ END $$;
 --
 -- A request is granted when nobody waits for its product, its buyer stays within the
 -- product's limit and the pending-hold cap counting its earlier requests here, and it
--- fits the stock after every earlier eligible request for its product. Per request: its
+-- fits the stock after every earlier eligible request for its product. A batch with no
+-- limited product and no cap takes a leaner statement that judges the stock alone: the
+-- buyers' numbers cost a tenth of a batch's time under the lock. Per request: its
 -- product's public availability after the grant (0 while a queue waits), the hold's
 -- times if granted, and the numbers that explain a refusal (the caller tries again the
 -- requests a refusal does not explain: refused only behind an earlier one of the batch).
@@ -177,8 +179,56 @@ CREATE FUNCTION grant_singles(
     ord bigint, sku text, available_after int, created_at timestamptz, expires_at timestamptz,
     purchase_limit int, held_after int, pending_after int
 ) LANGUAGE plpgsql AS $$
+DECLARE
+    limited boolean;
 BEGIN
-    PERFORM 1 FROM product p WHERE p.sku = any(skus) ORDER BY p.sku FOR UPDATE;
+    SELECT coalesce(bool_or(p.purchase_limit IS NOT NULL), false) INTO limited
+    FROM (SELECT p.purchase_limit FROM product p WHERE p.sku = any(skus)
+          ORDER BY p.sku FOR UPDATE) AS p;
+    IF NOT limited AND max_pending IS NULL THEN
+        -- No limit on these products (the rows are locked: none can be set meanwhile)
+        -- and no cap: FIFO on the stock alone, at the cost of a batch without buyers.
+        RETURN QUERY
+        WITH request AS (
+            SELECT * FROM unnest(skus, quantities, ids, ttls, buyers) WITH ORDINALITY
+                AS r(sku, quantity, id, ttl, buyer, ord)
+        ), locked AS (
+            SELECT p.id, p.sku, p.quantity - p.reserved AS available, p.waiting
+            FROM product p WHERE p.sku = any(skus) FOR UPDATE
+        ), fifo AS (
+            SELECT r.*, k.id AS product_id, k.available, k.waiting,
+                   sum(r.quantity) OVER (PARTITION BY k.id ORDER BY r.ord) AS wanted_so_far
+            FROM request r JOIN locked k ON k.sku = r.sku
+        ), granted AS (
+            SELECT * FROM fifo f WHERE f.waiting = 0 AND f.wanted_so_far <= f.available
+        ), per_product AS (
+            SELECT g.product_id, sum(g.quantity)::int AS quantity
+            FROM granted g GROUP BY g.product_id
+        ), held AS (
+            UPDATE product p SET reserved = p.reserved + g.quantity, updated_at = now()
+            FROM per_product g
+            WHERE p.id = g.product_id
+        ), hold AS (
+            INSERT INTO reservation (id, buyer, expires_at)
+            SELECT g.id, g.buyer, now() + make_interval(secs => g.ttl) FROM granted g
+            RETURNING id, reservation.created_at, reservation.expires_at
+        ), line AS (
+            INSERT INTO reservation_line (reservation_id, product_id, quantity)
+            SELECT g.id, g.product_id, g.quantity FROM granted g
+        ), movement AS (
+            INSERT INTO stock_movement
+                (product_id, kind, quantity_delta, reserved_delta, reservation_id)
+            SELECT g.product_id, 'RESERVE', 0, g.quantity, g.id FROM granted g
+        )
+        SELECT f.ord, f.sku,
+               CASE WHEN f.waiting > 0 THEN 0
+                    ELSE f.available - coalesce(pp.quantity, 0) END::int,
+               h.created_at, h.expires_at, NULL::int, NULL::int, NULL::int
+        FROM fifo f
+        LEFT JOIN per_product pp ON pp.product_id = f.product_id
+        LEFT JOIN hold h ON h.id = f.id;
+        RETURN;
+    END IF;
     IF max_pending IS NOT NULL THEN
         PERFORM pg_advisory_xact_lock(hashtext('inventory.buyer'), h)
         FROM (SELECT DISTINCT hashtext(b) AS h FROM unnest(buyers) AS b
