@@ -38,12 +38,16 @@ CREATE TRIGGER product_limit_set
     EXECUTE FUNCTION product_limit_set();
 
 -- What a buyer holds or bought of a product: every line keeps `quantity - released`
--- units counted (held plus confirmed), whatever its hold's status.
+-- units counted (held plus confirmed), whatever its hold's status. Written so that the
+-- only plan is the buyer's holds (by index), then each one's line (by primary key): as a
+-- join, a planner without statistics (a young database) scanned every line of the
+-- product instead, for each request: a hot product's limit got slower with every sale.
+-- grant_singles reads it the same way, inline.
 CREATE FUNCTION buyer_tally(who text, product bigint) RETURNS integer
 LANGUAGE sql STABLE AS $$
-    SELECT coalesce(sum(l.quantity - l.released), 0)::int
-    FROM reservation r JOIN reservation_line l ON l.reservation_id = r.id
-    WHERE r.buyer = who AND l.product_id = product
+    SELECT coalesce(sum((SELECT l.quantity - l.released FROM reservation_line l
+                         WHERE l.reservation_id = r.id AND l.product_id = product)), 0)::int
+    FROM reservation r WHERE r.buyer = who
 $$;
 
 -- The waiting list: entries in join order per product. WAITING -> OFFERED (with the hold
@@ -178,7 +182,12 @@ CREATE FUNCTION grant_singles(
 ) RETURNS TABLE (
     ord bigint, sku text, available_after int, created_at timestamptz, expires_at timestamptz,
     purchase_limit int, held_after int, pending_after int
-) LANGUAGE plpgsql AS $$
+) LANGUAGE plpgsql
+-- One plan per statement per connection, made once: PL/pgSQL would otherwise plan the long
+-- statement afresh on every call while it judged a generic plan costlier (on a young
+-- database without statistics it did, for good), and planning took a third of a batch.
+SET plan_cache_mode = force_generic_plan
+AS $$
 DECLARE
     limited boolean;
 BEGIN
@@ -246,13 +255,18 @@ BEGIN
         -- branch is taken): the tally for limited products, the count under a cap.
         -- Materialized: each is read once per request, however often it is used below.
         SELECT r.*, k.id AS product_id, k.available, k.waiting, k.purchase_limit,
+               -- As buyer_tally: the buyer's holds, then each one's line by key. And the
+               -- pending count by the buyer's holds too (a FILTER, not a WHERE, so that no
+               -- plan walks every pending hold instead).
                CASE WHEN k.purchase_limit IS NOT NULL AND r.buyer IS NOT NULL THEN
-                   (SELECT coalesce(sum(l.quantity - l.released), 0)::int
-                    FROM reservation v JOIN reservation_line l ON l.reservation_id = v.id
-                    WHERE v.buyer = r.buyer AND l.product_id = k.id) END AS tally,
+                   (SELECT coalesce(sum((SELECT l.quantity - l.released
+                                         FROM reservation_line l
+                                         WHERE l.reservation_id = v.id
+                                           AND l.product_id = k.id)), 0)::int
+                    FROM reservation v WHERE v.buyer = r.buyer) END AS tally,
                CASE WHEN max_pending IS NOT NULL AND r.buyer IS NOT NULL THEN
-                   (SELECT count(*)::int FROM reservation v
-                    WHERE v.buyer = r.buyer AND v.status = 'PENDING') END AS pending
+                   (SELECT (count(*) FILTER (WHERE v.status = 'PENDING'))::int
+                    FROM reservation v WHERE v.buyer = r.buyer) END AS pending
         FROM request r JOIN locked k ON k.sku = r.sku
     ), alone AS (
         -- Whether the request could be granted on its own, after the committed numbers.
