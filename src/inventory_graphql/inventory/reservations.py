@@ -60,7 +60,11 @@ HOLD_LINE = "SELECT * FROM hold_line($1, $2, $3)"
 # The pending-hold cap per buyer: buyers are locked after every product (as everywhere),
 # then counted in a later statement, which sees every hold committed under that lock.
 LOCK_BUYER = "SELECT pg_advisory_xact_lock(hashtext('inventory.buyer'), hashtext($1))"
-PENDING_HOLDS = "SELECT count(*) FROM reservation WHERE buyer = $1 AND status = 'PENDING'"
+# Counted through the buyer's holds (a FILTER, not a WHERE), as grant_singles counts them:
+# no plan may walk every pending hold instead.
+PENDING_HOLDS = """
+SELECT count(*) FILTER (WHERE status = 'PENDING') FROM reservation WHERE buyer = $1
+"""
 
 # A cart's lines as committed now, read without locks before any line is held: a cart
 # that cannot fit (a hundred lines, the last one short) is refused for the price of one
