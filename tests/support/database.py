@@ -67,6 +67,16 @@ async def told_equals_held(db: asyncpg.Connection, skus: list[str], outcomes: li
     assert held == told, f"held but not told: {held.keys() - told.keys()}, told: {told}"
 
 
+async def past_expiry(db: asyncpg.Connection, *hold_ids: str) -> None:
+    """Move PENDING holds past their expiry, as if their time had run out: the service
+    compares expires_at with now(), so this is what waiting would do, without the wait."""
+    await db.execute(
+        "UPDATE reservation SET created_at = now() - interval '1 hour', "
+        "expires_at = now() - interval '1 second' WHERE id = any($1::uuid[])",
+        list(hold_ids),
+    )
+
+
 async def check(db: asyncpg.Connection) -> Report:
     """The whole database reconciled (stock against holds against the ledger)."""
     return await reconcile(db, overdue_grace_seconds=5)
