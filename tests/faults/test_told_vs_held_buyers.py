@@ -45,6 +45,7 @@ LOAD_SECONDS = 7.0
 KILL_AT = 2.0  # one server is SIGKILLed this far into the load, and started again
 TERMINATE_AT = (1.0, 3.5, 5.5)  # every pool connection of both servers is terminated
 RESTOCK_AT = (3.0, 5.0)  # a restock hands units to the waiting lists
+BURST = 150  # anonymous reserves in flight at the server when it is killed
 CLIENT_TIMEOUT = 10.0
 # A transaction that ended a hold or an entry may have started (its `resolved_at`) this
 # long before it committed; only an upper bound uses it, so it is generous.
@@ -423,17 +424,31 @@ async def faults(
                     )
                     drop.events[f"restock {answer.status}"] += 1
             else:  # the restart takes a moment: the rest keeps to its schedule
-                restarting = asyncio.create_task(restart(drop, env, tmp_path))
+                restarting = asyncio.create_task(restart(drop, session, env, tmp_path))
         assert restarting is not None
         await restarting
     finally:
         await conn.close()
 
 
-async def restart(drop: Drop, env: dict[str, str], tmp_path) -> None:
-    """SIGKILL the first server mid-flight, no goodbye; start another in its place."""
+async def restart(
+    drop: Drop, session: aiohttp.ClientSession, env: dict[str, str], tmp_path
+) -> None:
+    """SIGKILL the first server mid-flight, no goodbye, while a burst of reserves is in
+    flight there (some commit, and their answers never leave); start another in its place."""
     victim = drop.servers[0]
+
+    async def one(n: int) -> Exchange:
+        variables: dict[str, Any] = {"lines": [{"sku": drop.plain, "quantity": 1}], "ttl": 30}
+        if n % 2:
+            variables["key"] = f"burst-{n}-{uuid.uuid4().hex[:8]}"
+        return await drop.ask(session, victim.url, "reserve", None, RESERVE, variables)
+
+    burst = [asyncio.create_task(one(n)) for n in range(BURST)]
+    while not any(task.done() for task in burst):  # the first batch answered
+        await asyncio.sleep(0.002)
     os.kill(victim.process.pid, signal.SIGKILL)
+    await asyncio.gather(*burst)
     await asyncio.to_thread(victim.process.wait)
     drop.events["servers killed"] += 1
     # Clients reach it as soon as it is there (refused until it listens, as the dead one);
@@ -500,6 +515,7 @@ class Verdict:
     def __init__(self, drop: Drop, db: Snapshot) -> None:
         self.drop, self.db = drop, db
         self.problems: list[str] = []
+        self.checked: Counter[str] = Counter()  # what was compared, for the message
         self.holds: dict[str, HoldSeen] = {}
         self.entries: dict[str, EntrySeen] = {}
         self.eps = db.error + 0.01
@@ -617,6 +633,7 @@ class Verdict:
         if exchange.buyer is None or member["sku"] != self.drop.limited:
             self.problem(f"PurchaseLimitExceeded for an unlimited sku or no buyer: {exchange}")
             return
+        self.checked["limit refusals"] += 1
         lower, upper = self.tally(exchange.buyer, self.drop.limited, exchange)
         held = member["alreadyHeld"]
         if member["limit"] != LIMIT or held + wanted <= LIMIT or not lower <= held <= upper:
@@ -640,6 +657,7 @@ class Verdict:
                 self.problem(f"an anonymous caller held a limited sku: {exchange}")
             if who is None or exchange.replay:
                 return  # a replay may answer a hold granted long before
+            self.checked["grants"] += 1
             lower, _ = self.tally(who, self.drop.limited, exchange, exclude=rid)
             if limited and lower + limited > LIMIT:
                 self.problem(f"granted past the limit (held at least {lower}): {exchange}")
@@ -730,6 +748,7 @@ class Verdict:
                     self.problem(f"entry {eid} waits past the limit (held {lower}): {exchange}")
             if any(at < exchange.sent for at in ends.values()):
                 self.problem(f"entry {eid} told WAITING after it was told it ended: {exchange}")
+            self.checked["places in line"] += 1
             lower = sum(self.waits(other, exchange, certainly=True) for other in earlier)
             upper = sum(self.waits(other, exchange, certainly=False) for other in earlier)
             if not lower <= member["position"] - 1 <= upper:
@@ -814,6 +833,7 @@ class Verdict:
                     self.problem(f"offer {rid} {lines} for {row['buyer']}: entry {dict(offer)}")
             elif rid not in self.holds and (row["buyer"], row["key"]) not in lost_keys:
                 untold[(row["buyer"], lines)] += 1
+                self.checked[f"{row['status']} holds of lost answers"] += 1
         for (buyer, lines), n in untold.items():
             if n > lost_reserves[(buyer, lines)]:
                 self.problem(
@@ -837,6 +857,8 @@ class Verdict:
                 row = self.db.holds.get(member["id"])
                 if row is None or row["key"] != exchange.args["key"]:
                     self.problem(f"a replayed key answered another hold: {exchange}")
+                elif (self.db.at(row["created"]) or 0) < exchange.sent:
+                    self.checked["lost holds recovered by their key"] += 1
             elif (
                 exchange.replay
                 and member
@@ -897,7 +919,9 @@ async def admin(session: aiohttp.ClientSession, url: str, query: str, **variable
     return str(member["__typename"])
 
 
-async def settle(drop: Drop, session: aiohttp.ClientSession, buyers: dict[str, Buyer]) -> None:
+async def settle(
+    drop: Drop, session: aiohttp.ClientSession, buyers: dict[str | None, Buyer | None]
+) -> None:
     """After the load: every lost keyed reserve asked again with its key (the hold it made,
     if any, must come back), then every entry read as its buyer sees it now."""
     url = drop.servers[1].url
@@ -906,7 +930,6 @@ async def settle(drop: Drop, session: aiohttp.ClientSession, buyers: dict[str, B
         *(
             drop.ask(session, url, "reserve", buyers[e.buyer], RESERVE, e.args, replay=True)
             for e in lost
-            if e.buyer is not None
         )
     )
     told = {
@@ -976,16 +999,22 @@ async def test_a_fair_drop_tells_every_buyer_what_is_held_through_kills_and_brok
                 ),
             )
             await asyncio.sleep(1.0)  # what the servers still do for requests given up on
-            await settle(drop, session, {who.name: who for who in [*shoppers, hoarding]})
+            everyone: dict[str | None, Buyer | None] = {None: None}
+            everyone.update((who.name, who) for who in [*shoppers, hoarding])
+            await settle(drop, session, everyone)
             db = await snapshot(own_db)
-            problems = Verdict(drop, db).run()
+            verdict = Verdict(drop, db)
+            problems = verdict.run()
             report = await check(own_db)
     finally:
         for server in {id(s): s for s in started + running}.values():
             await asyncio.to_thread(server.stop)
 
     outcomes = Counter(exchange.label() for exchange in drop.exchanges)
-    summary = f"events {dict(drop.events)}; answers {dict(sorted(outcomes.items()))}"
+    summary = (
+        f"events {dict(drop.events)}; checked {dict(verdict.checked)}; "
+        f"answers {dict(sorted(outcomes.items()))}"
+    )
     assert not problems, f"{len(problems)} problem(s); {summary}\n" + "\n".join(problems[:20])
     assert report.ok, f"check: {report.problems}"
     offered = sum(row["status"] == "OFFERED" for row in db.entries.values())
