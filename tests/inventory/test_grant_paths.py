@@ -20,6 +20,8 @@ from datetime import timedelta
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from inventory_graphql.inventory.models import Caller, LineRequest, Reservation, WaitlistEntry
 from inventory_graphql.inventory.reconcile import reconcile
@@ -261,11 +263,12 @@ async def statements_run(
     return [path for path, text in PATHS.items() if any(text in n for n in notices)]
 
 
-@pytest.mark.parametrize(("setup", "granted", "path"), CASES, ids=[c[0].__name__ for c in CASES])
-async def test_a_drops_batch_answers_as_the_full_statement(
-    db: asyncpg.Connection, shop: Shop, setup: Setup, granted: list[int], path: str
-) -> None:
-    asks = await setup(shop)
+async def decided_alike(
+    db: asyncpg.Connection, asks: list[Ask], path: str | None = None
+) -> list[asyncpg.Record]:
+    """The default call's rows, after checking them and what they left against the full
+    statement's on the same state, and against the database; with `path`, that the
+    default call took that statement."""
     skus = sorted({a.sku for a in asks})
     ids = [uuid.uuid4() for _ in asks]
     before = {r["sku"]: r for r in await db.fetch(PRODUCTS, skus)}
@@ -283,13 +286,15 @@ async def test_a_drops_batch_answers_as_the_full_statement(
     async def default_call() -> None:
         rows.extend(await grant(db, asks, ids, None))
 
-    assert await statements_run(db, default_call) == [path]
+    if path is None:
+        await default_call()
+    else:
+        assert await statements_run(db, default_call) == [path]
     assert answers(rows) == answers(full_rows)
     assert all(r["pending_after"] is None for r in rows)
     assert await state(db, skus, ids) == full_state
 
     # What the rows say is what the database holds.
-    assert sorted(r["ord"] for r in rows if r["created_at"] is not None) == granted
     holds = {r["id"]: r for r in await db.fetch(HOLDS, ids)}
     assert set(holds) == {ids[r["ord"] - 1] for r in rows if r["created_at"] is not None}
     after = {r["sku"]: r for r in await db.fetch(PRODUCTS, skus)}
@@ -308,12 +313,103 @@ async def test_a_drops_batch_answers_as_the_full_statement(
             assert hold["ttl"] == timedelta(seconds=TTL)
         if row["purchase_limit"] is not None and ask.buyer is not None:
             assert row["held_after"] == await db.fetchval(TALLY, ask.buyer, ask.sku)
+            assert row["held_after"] <= row["purchase_limit"] or row["created_at"] is None
         else:
             assert row["held_after"] is None
+        if row["purchase_limit"] is not None and ask.buyer is None:
+            assert row["created_at"] is None  # BuyerRequired, from these numbers
     for sku, product in after.items():
         held = sum(asks[r["ord"] - 1].quantity for r in rows if r["sku"] == sku and r["created_at"])
         assert product["reserved"] == before[sku]["reserved"] + held
     # A request for a sku with no product gets no row (the caller answers ProductNotFound).
     assert sorted(r["ord"] for r in rows) == [i + 1 for i, a in enumerate(asks) if a.sku in after]
+    return rows
+
+
+@pytest.mark.parametrize(("setup", "granted", "path"), CASES, ids=[c[0].__name__ for c in CASES])
+async def test_a_drops_batch_answers_as_the_full_statement(
+    db: asyncpg.Connection, shop: Shop, setup: Setup, granted: list[int], path: str
+) -> None:
+    rows = await decided_alike(db, await setup(shop), path)
+    assert sorted(r["ord"] for r in rows if r["created_at"] is not None) == granted
     report = await reconcile(db, 3600)
     assert report.ok, report.problems
+
+
+# Random batches: products with and without a limit, buyers with earlier holds (held,
+# bought, partly given back), anonymous requests, stock that runs out, and now and then a
+# buyer twice (then the full statement decides both calls).
+PRODUCT_SPECS = st.lists(
+    st.tuples(st.integers(0, 6), st.sampled_from([None, 1, 2, 3])), min_size=1, max_size=3
+)
+EARLIER = st.lists(
+    st.tuples(
+        st.integers(0, 2),  # product
+        st.integers(0, 3),  # buyer
+        st.integers(1, 2),  # units
+        st.sampled_from(["held", "bought", "gave one back"]),
+    ),
+    max_size=5,
+)
+BATCH = st.lists(
+    st.tuples(
+        st.integers(0, 3),  # product (3: none such)
+        st.integers(1, 3),  # units
+        # buyer: anonymous, one with earlier holds (0-3), or one new to the product
+        st.one_of(st.none(), st.integers(0, 3), st.just("new")),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(products=PRODUCT_SPECS, earlier=EARLIER, batch=BATCH, twice=st.booleans())
+async def test_random_batches_answer_as_the_full_statement(
+    db: asyncpg.Connection,
+    shop: Shop,
+    products: list[tuple[int, int | None]],
+    earlier: list[tuple[int, int, int, str]],
+    batch: list[tuple[int, int, int | str | None]],
+    twice: bool,
+) -> None:
+    skus = [await shop.product(stock, limit) for stock, limit in products]
+    buyers = [who(n) for n in range(12)]
+    for product, buyer_number, units, how in earlier:
+        if product >= len(skus):
+            continue
+        sku, buyer = skus[product], buyers[buyer_number]
+        held = await shop.service.reserve(
+            [LineRequest(sku, units)], ttl_seconds=600, caller=Caller(buyer)
+        )
+        if not isinstance(held, Reservation):
+            continue  # the limit or the stock said no: nothing to set up
+        if how == "bought":
+            assert isinstance(
+                await shop.service.confirm(held.id, caller=Caller(buyer)), Reservation
+            )
+        elif how == "gave one back":
+            gave = await shop.service.release(held.id, [LineRequest(sku, 1)], caller=Caller(buyer))
+            assert isinstance(gave, Reservation)
+    missing = f"no-such-{uuid.uuid4().hex[:8]}"
+    asks, seen = [], set()
+    for product, units, buyer_number in batch:
+        buyer = None
+        if buyer_number == "new" or (buyer_number in seen and not twice):
+            buyer = who(len(seen) + 100)  # another buyer: a drop's batch
+        elif isinstance(buyer_number, int):
+            buyer = buyers[buyer_number]
+            seen.add(buyer_number)
+        asks.append(Ask(skus[product] if product < len(skus) else missing, units, buyer))
+    limited = {sku for sku, (_, limit) in zip(skus, products, strict=True) if limit is not None}
+    named = [a.buyer for a in asks if a.buyer is not None]
+    event(
+        "a drop's batch"
+        if len(set(named)) == len(named) and limited & {a.sku for a in asks}
+        else "another batch"
+    )
+    await decided_alike(db, asks)
