@@ -396,20 +396,21 @@ async def test_random_batches_answer_as_the_full_statement(
             gave = await shop.service.release(held.id, [LineRequest(sku, 1)], caller=Caller(buyer))
             assert isinstance(gave, Reservation)
     missing = f"no-such-{uuid.uuid4().hex[:8]}"
-    asks, seen = [], set()
-    for product, units, buyer_number in batch:
-        buyer = None
-        if buyer_number == "new" or (buyer_number in seen and not twice):
-            buyer = who(len(seen) + 100)  # another buyer: a drop's batch
-        elif isinstance(buyer_number, int):
-            buyer = buyers[buyer_number]
-            seen.add(buyer_number)
-        asks.append(Ask(skus[product] if product < len(skus) else missing, units, buyer))
+    asks: list[Ask] = []
+    seen: set[int] = set()
+    for wanted, quantity, asker in batch:
+        named: str | None = None
+        if asker == "new" or (isinstance(asker, int) and asker in seen and not twice):
+            named = who(len(seen) + 100)  # another buyer: a drop's batch
+        elif isinstance(asker, int):
+            named = buyers[asker]
+            seen.add(asker)
+        asks.append(Ask(skus[wanted] if wanted < len(skus) else missing, quantity, named))
     limited = {sku for sku, (_, limit) in zip(skus, products, strict=True) if limit is not None}
-    named = [a.buyer for a in asks if a.buyer is not None]
+    asking = [a.buyer for a in asks if a.buyer is not None]
     event(
         "a drop's batch"
-        if len(set(named)) == len(named) and limited & {a.sku for a in asks}
+        if len(set(asking)) == len(asking) and limited & {a.sku for a in asks}
         else "another batch"
     )
     await decided_alike(db, asks)
