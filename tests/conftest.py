@@ -28,7 +28,21 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
         return
     with embedded_postgres(tmp_path_factory.mktemp("embedded-pg")) as url:
+        asyncio.run(_without_fsync(url))
         yield url
+
+
+async def _without_fsync(url: str) -> None:
+    """This run's own, throwaway cluster: commits need not wait for the disk (measured
+    here: 4-5 ms a commit with fsync, 0.45 ms without; the suite commits tens of thousands
+    of times). fsync guards against the machine crashing, which no test does; a PostgreSQL
+    killed or stopped still finds every commit in the OS's cache."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("ALTER SYSTEM SET fsync = off")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="session")
