@@ -80,7 +80,8 @@ MAX_PASSES = 16
 # not count (the request waits in its product's lane until its deadline).
 MAX_FAILURES = 3
 
-# Grants single-line requests in FIFO order per product (migration 006 has the SQL): a
+# Grants single-line requests in FIFO order per product (the SQL: migration 006, and
+# 007's path for a drop's batch, where no buyer asks twice and no cap applies): a
 # request is granted when nobody waits for its product, its buyer stays within the
 # product's purchase limit and the pending-hold cap, and it and every earlier eligible
 # request for its product fit in what is available. The function locks the products
