@@ -133,6 +133,7 @@ GROUP BY r.id
 ENTRIES = """
 SELECT w.id::text AS id, w.seq, p.sku, w.buyer, w.quantity, w.status::text AS status,
        w.reservation_id::text AS reservation_id,
+       extract(epoch FROM w.created_at)::float8 AS created,
        extract(epoch FROM w.resolved_at)::float8 AS resolved
 FROM waitlist_entry w JOIN product p ON p.id = w.product_id
 ORDER BY w.seq
@@ -808,14 +809,41 @@ class Verdict:
             if lower + row["quantity"] > LIMIT:
                 self.problem(f"offered {hold['id']} past the limit (held at least {lower})")
 
+    def match(
+        self,
+        what: str,
+        made: dict[Any, list[tuple[float, str]]],
+        lost: dict[Any, list[Exchange]],
+    ) -> None:
+        """Each thing made that no client was told of is the outcome of a lost request of
+        its own: one of the same kind, asked before the thing's transaction started and
+        failed after. (Greedy in time order, the earliest failure first: a matching if
+        there is one.)"""
+        for key, things in made.items():
+            free = list(lost.get(key, ()))
+            for at, ident in sorted(things):
+                fits = [e for e in free if e.sent - self.eps <= at <= e.received + self.eps]
+                if not fits:
+                    self.problem(
+                        f"{what} {ident} {key} (its transaction started at {at:.3f}): no "
+                        f"client was told, and no such request was lost then ({len(free)} "
+                        "lost at other times)"
+                    )
+                    continue
+                free.remove(min(fits, key=lambda e: e.received))
+
     def untold(self) -> None:
         """Holds and entries no client was told about: offers made to the queue, or the
         outcome of a request whose answer was lost, each at most once."""
         drop = self.drop
         lost = [e for e in drop.exchanges if e.lost and not e.answer.is_typed_retriable()]
-        lost_reserves = Counter(
-            (e.buyer, lines_of(e.args["lines"])) for e in lost if e.op == "reserve"
-        )
+        lost_reserves: defaultdict[Any, list[Exchange]] = defaultdict(list)
+        lost_joins: defaultdict[Any, list[Exchange]] = defaultdict(list)
+        for e in lost:
+            if e.op == "reserve":
+                lost_reserves[(e.buyer, lines_of(e.args["lines"]))].append(e)
+            elif e.op == "join":
+                lost_joins[(e.buyer, e.args["sku"], e.args["quantity"])].append(e)
         lost_keys = {
             (e.buyer, e.args["key"])
             for e in drop.exchanges
@@ -824,7 +852,7 @@ class Verdict:
         offers = {
             row["reservation_id"]: row for row in self.db.entries.values() if row["reservation_id"]
         }
-        untold: Counter[tuple[str | None, tuple[Line, ...]]] = Counter()
+        untold: defaultdict[Any, list[tuple[float, str]]] = defaultdict(list)
         for rid, row in self.db.holds.items():
             lines = tuple(sorted(zip(row["skus"], row["quantities"], strict=True)))
             if rid in offers:
@@ -832,25 +860,15 @@ class Verdict:
                 if (row["buyer"], lines) != (offer["buyer"], ((offer["sku"], offer["quantity"]),)):
                     self.problem(f"offer {rid} {lines} for {row['buyer']}: entry {dict(offer)}")
             elif rid not in self.holds and (row["buyer"], row["key"]) not in lost_keys:
-                untold[(row["buyer"], lines)] += 1
+                untold[(row["buyer"], lines)].append((row["created"] - self.db.offset, rid))
                 self.checked[f"{row['status']} holds of lost answers"] += 1
-        for (buyer, lines), n in untold.items():
-            if n > lost_reserves[(buyer, lines)]:
-                self.problem(
-                    f"{n} hold(s) of {lines} for {buyer} nobody was told, "
-                    f"{lost_reserves[(buyer, lines)]} such request(s) lost"
-                )
-        lost_joins = Counter(
-            (e.buyer, e.args["sku"], e.args["quantity"]) for e in lost if e.op == "join"
-        )
-        untold_entries = Counter(
-            (row["buyer"], row["sku"], row["quantity"])
-            for eid, row in self.db.entries.items()
-            if eid not in self.entries
-        )
-        for key, n in untold_entries.items():
-            if n > lost_joins[key]:
-                self.problem(f"{n} entries {key} nobody was told, {lost_joins[key]} joins lost")
+        self.match("hold", untold, lost_reserves)
+        untold_entries: defaultdict[Any, list[tuple[float, str]]] = defaultdict(list)
+        for eid, row in self.db.entries.items():
+            if eid not in self.entries:
+                key = (row["buyer"], row["sku"], row["quantity"])
+                untold_entries[key].append((row["created"] - self.db.offset, eid))
+        self.match("entry", untold_entries, lost_joins)
         for exchange in drop.exchanges:
             member = exchange.member
             if exchange.replay and member and member["__typename"] == "Reservation":
