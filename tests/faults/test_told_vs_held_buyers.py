@@ -628,6 +628,20 @@ class Verdict:
         resolved = self.db.at(row["resolved"])
         return counts_now or (resolved is not None and resolved >= exchange.sent - SLACK)
 
+    def queue_waits(self, sku: str, exchange: Exchange) -> bool:
+        """Whether someone certainly waited for `sku` when `exchange` was decided: its
+        buyer had been told it was WAITING before the request was asked, and it stopped
+        waiting (`resolved_at`) only after the answer came."""
+        for eid, entry in self.entries.items():
+            row = self.db.entries.get(eid)
+            told = [e.received for e, m in entry.seen if m["status"] == "WAITING"]
+            if entry.sku != sku or row is None or not told or min(told) >= exchange.sent:
+                continue
+            resolved = self.db.at(row["resolved"])
+            if resolved is None or resolved > exchange.received + self.eps:
+                return True
+        return False
+
     # -- each answer against the database --------------------------------------------
 
     def limit_refusal(self, exchange: Exchange, member: dict[str, Any], wanted: int) -> None:
@@ -658,6 +672,9 @@ class Verdict:
                 self.problem(f"an anonymous caller held a limited sku: {exchange}")
             if who is None or exchange.replay:
                 return  # a replay may answer a hold granted long before
+            for sku in asked:
+                if sku != self.drop.plain and self.queue_waits(sku, exchange):
+                    self.problem(f"granted {sku} while someone waited for it: {exchange}")
             self.checked["grants"] += 1
             lower, _ = self.tally(who, self.drop.limited, exchange, exclude=rid)
             if limited and lower + limited > LIMIT:
@@ -675,6 +692,10 @@ class Verdict:
             requested = asked.get(member["sku"])
             if requested != member["requested"] or not 0 <= member["available"] < requested:
                 self.problem(f"InsufficientStock not true of the request: {exchange}")
+            elif self.queue_waits(member["sku"], exchange):
+                self.checked["refusals while a queue waited"] += 1
+                if member["available"]:
+                    self.problem(f"while someone waits nothing is available: {exchange}")
         elif kind == "BuyerRequired":
             if who is not None or member["sku"] != self.drop.limited:
                 self.problem(f"BuyerRequired for a buyer or an unlimited sku: {exchange}")
