@@ -28,6 +28,7 @@ import aiohttp
 import asyncpg
 
 from inventory_graphql.api.buyers import BuyerTokens
+from inventory_graphql.testing.graphql_ws import GraphQLWebSocket
 from inventory_graphql.testing.server import ServerProcess
 from tests.api.queries import ADJUST_STOCK, CREATE_PRODUCT
 from tests.faults.test_told_vs_held import APPLICATION_NAME, KILL_POOL, within
@@ -97,6 +98,9 @@ mutation Join($sku: String!, $quantity: Int!) {{
 """
 LEAVE = f"mutation Leave($id: ID!) {{ leaveWaitlist(id: $id) {{ {WAITLIST_RESULT} }} }}"
 ENTRY = f"query Entry($id: ID!) {{ waitlistEntry(id: $id) {{ __typename {ENTRY_FIELDS} }} }}"
+PLACE = f"""
+subscription Place($id: ID!) {{ waitlistEntry(id: $id) {{ __typename {ENTRY_FIELDS} }} }}
+"""
 SET_LIMIT = """
 mutation Limit($sku: String!, $perBuyer: Int) {
   setPurchaseLimit(sku: $sku, perBuyer: $perBuyer) { __typename }
@@ -112,8 +116,10 @@ FIELD = {
     "join": "joinWaitlist",
     "leave": "leaveWaitlist",
     "entry": "waitlistEntry",
+    "push": "waitlistEntry",  # the subscription's; asked when it started
 }
 ENDED = frozenset({"CONFIRMED", "RELEASED", "EXPIRED"})
+RETRIABLE = frozenset({"BUSY", "DATABASE_UNAVAILABLE"})
 GONE = frozenset({"RELEASED", "EXPIRED"})  # ended, and no longer counted anywhere
 
 # Everything the comparison needs, in one snapshot.
@@ -238,6 +244,10 @@ class Drop:
         self.exchanges: list[Exchange] = []
         self.told_ids: list[tuple[str, str]] = []  # (hold, buyer) told: foreign probes
         self.events: Counter[str] = Counter()
+        self.problems: list[str] = []  # seen as they came (a subscription's order)
+        self.session: aiohttp.ClientSession | None = None
+        self.until = 0.0  # entries told WAITING before then are followed live
+        self.follows: list[asyncio.Task[None]] = []
 
     def url(self, rng: random.Random) -> str:
         return self.servers[rng.randrange(len(self.servers))].url
@@ -282,6 +292,9 @@ class Drop:
             who.holds.pop(member["id"], None)
         elif kind == "WaitlistEntry":
             if member["status"] == "WAITING":
+                if member["id"] not in who.entries and self.session and time.time() < self.until:
+                    follow_it = follow(self, self.session, who, member["id"])
+                    self.follows.append(asyncio.get_running_loop().create_task(follow_it))
                 who.entries[member["id"]] = member["sku"]
             else:
                 who.entries.pop(member["id"], None)
@@ -292,6 +305,64 @@ class Drop:
 
 
 # -- the load --------------------------------------------------------------------------
+
+
+async def follow(drop: Drop, session: aiohttp.ClientSession, who: Buyer, eid: str) -> None:
+    """A place in line, live over a WebSocket with the buyer's token: each push recorded
+    as an answer asked when the subscription started; positions never go back, and OFFERED
+    or LEFT is the last push before the subscription completes."""
+    started = time.time()
+    url = drop.url(random.Random(eid))
+    payload = {"authorization": who.headers["Authorization"]}
+    try:
+        socket = await GraphQLWebSocket.connect(session, url, payload)
+    except (aiohttp.ClientError, aiohttp.WSMessageTypeError, OSError, TimeoutError):
+        drop.events["subscriptions not connected"] += 1  # a server was down
+        return
+    try:
+        sub = await socket.subscribe(PLACE, id=eid)
+    except (aiohttp.ClientError, OSError):
+        drop.events["subscriptions not connected"] += 1
+        await socket.close()
+        return
+    try:
+        position, ended = None, None
+        while (left := drop.until + 1 - time.time()) > 0:
+            try:
+                message = await sub.message(left)
+            except TimeoutError:
+                break
+            if message["type"] == "complete":
+                drop.events["subscriptions completed"] += 1
+                if ended is None:
+                    drop.problems.append(f"entry {eid}'s subscription completed while WAITING")
+                break
+            if message["type"] != "next" or message["payload"].get("errors"):
+                drop.events[f"subscriptions ended by {message['type']}"] += 1
+                # The server was killed, or a database connection: a typed, retriable
+                # error (the client subscribes again), never anything else.
+                payload = message.get("payload")
+                errors = payload.get("errors") if isinstance(payload, dict) else payload
+                for error in errors or []:
+                    extensions = error.get("extensions") or {}
+                    if extensions.get("code") not in RETRIABLE or not extensions.get("retriable"):
+                        drop.problems.append(f"entry {eid}'s subscription ended by {message}")
+                break
+            answer = Answer(200, message["payload"], {}, time.time() - started)
+            exchange = Exchange("push", who.name, {"id": eid}, started, time.time(), answer)
+            drop.exchanges.append(exchange)
+            drop.learn(who, exchange)
+            entry = message["payload"]["data"]["waitlistEntry"]
+            if ended is not None:
+                drop.problems.append(f"entry {eid} pushed after {ended}: {exchange}")
+            elif entry["status"] != "WAITING":
+                ended = entry["status"]
+            elif position is not None and entry["position"] > position:
+                drop.problems.append(f"entry {eid} went back from {position}: {exchange}")
+            else:
+                position = entry["position"]
+    finally:
+        await socket.close()
 
 
 def key_for(who: Buyer, rng: random.Random) -> str | None:
@@ -914,13 +985,14 @@ class Verdict:
                 self.problem(f"{row['buyer']} holds plus bought {row['units']} of the drop")
 
     def run(self) -> list[str]:
+        self.problems += self.drop.problems
         self.gather()
         for exchange in self.drop.exchanges:
             if exchange.answer.error and not exchange.answer.is_typed_retriable():
                 self.problem(f"an error that is not the typed retriable 503: {exchange}")
             if exchange.op == "reserve":
                 self.reserve(exchange)
-            elif exchange.op in ("join", "leave", "entry"):
+            elif exchange.op in ("join", "leave", "entry", "push"):
                 self.waitlist(exchange)
             else:
                 self.resolution(exchange)
@@ -1026,7 +1098,8 @@ async def test_a_fair_drop_tells_every_buyer_what_is_held_through_kills_and_brok
             ]
             hoarding = Buyer("hoarder", {"Authorization": f"Bearer {tokens.mint('hoarder')}"}, 1)
             start = time.time()
-            until = start + LOAD_SECONDS
+            until = drop.until = start + LOAD_SECONDS
+            drop.session = session
             await asyncio.gather(
                 faults(drop, session, own_database, env, start, tmp_path),
                 anonymous(drop, session, until),
@@ -1037,7 +1110,8 @@ async def test_a_fair_drop_tells_every_buyer_what_is_held_through_kills_and_brok
                     for i in range(CLIENTS_PER_BUYER)
                 ),
             )
-            await asyncio.sleep(1.0)  # what the servers still do for requests given up on
+            await asyncio.gather(*drop.follows)  # each ends within a second of the load
+            await asyncio.sleep(0.5)  # what the servers still do for requests given up on
             everyone: dict[str | None, Buyer | None] = {None: None}
             everyone.update((who.name, who) for who in [*shoppers, hoarding])
             await settle(drop, session, everyone)
