@@ -8,7 +8,10 @@ decided are not in the database, but they are bounded by it: a hold its buyer ha
 told about before asking, and that ended (`resolved_at`, the ending transaction's start)
 only after the answer came, certainly counted; a hold created after the answer came, or
 that its buyer had been told had ended before asking, certainly did not. Every grant and
-every refusal must fit between those bounds.
+every refusal must fit between those bounds, and so must every place in line (counting
+the entries that joined earlier and certainly, or possibly, still waited). A hold or an
+entry no client was told of must be the outcome of a lost request of its own: one asked
+before its transaction started, that failed after.
 """
 
 from __future__ import annotations
@@ -1061,11 +1064,13 @@ async def test_a_fair_drop_tells_every_buyer_what_is_held_through_kills_and_brok
     """What a buyer at a drop relies on, while a server dies and connections break: every
     hold it is told about is its own, whole, as told; every refusal (the limit, the cap,
     the stock, a missing buyer) is true of the numbers of that moment and changed nothing;
-    nobody gets past the limit; a place in line is the place it says, and an offer is the
-    hold the queue made; a request whose answer was lost made at most one hold. 14 buyers
-    (two clients each) at two coalescing servers: a drop of 8 units, limit 2, carts mixing
-    it with a plain product, a 4-unit product whose queue is served by releases, partial
-    releases, expiries and restocks, and a pending-hold cap of 2."""
+    nobody gets past the limit or ahead of the queue; a place in line (answered or pushed
+    live) is the place it says, and an offer is the hold the queue made; a request whose
+    answer was lost made at most one hold, and its key finds it. 14 buyers (two clients
+    each) at two coalescing servers: a drop of 8 units, limit 2, alone and in carts with a
+    plain product; a 4-unit product whose queue is served by releases, partial releases,
+    expiries and restocks; a pending-hold cap of 2, and a buyer who lives at it; an
+    anonymous caller; 150 reserves in flight at the server when it is killed."""
     env = {
         "DATABASE_URL": own_database,
         **SERVER_ENV,
