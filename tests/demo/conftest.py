@@ -6,11 +6,24 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Final
 
+import aiohttp
+import asyncpg
 import pytest
+import pytest_asyncio
 from playwright.async_api import Browser, async_playwright
 
+from inventory_graphql.testing.server import ServerProcess
+from tests.support.graphql_http import GraphQLClient
 from tests.support.storefront import Storefront
+
+# One browser for the package (starting Playwright and Chromium took ~1 s a test); each
+# test opens its own contexts and closes them. Playwright's objects belong to the event
+# loop that made them, so the package's tests, and the async fixtures they use, run in one
+# loop: the modules say `pytestmark = pytest.mark.asyncio(loop_scope="package")`, and `db`
+# and `gql` are redefined here in that loop.
+LOOP: Final = "package"
 
 CHROMIUM = Path("/usr/bin/chromium")
 # A Playwright browser download cannot work on this machine; Debian's Chromium does.
@@ -37,7 +50,7 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="package", loop_scope=LOOP)
 async def browser(chromium: Path) -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
@@ -54,8 +67,26 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope=LOOP)
 async def storefront(browser: Browser) -> AsyncIterator[Storefront]:
     front = Storefront(browser)
     yield front
+    await front.close()
     assert front.page_errors == [], "uncaught errors in the page"
+
+
+@pytest_asyncio.fixture(loop_scope=LOOP)
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest_asyncio.fixture(loop_scope=LOOP)
+async def gql(server: ServerProcess) -> AsyncIterator[GraphQLClient]:
+    async with aiohttp.ClientSession(
+        server.url,
+        connector=aiohttp.TCPConnector(limit=256),
+        timeout=aiohttp.ClientTimeout(total=60),
+    ) as http:
+        yield GraphQLClient(http)

@@ -8,12 +8,15 @@ import asyncio
 import re
 from datetime import datetime
 
+import pytest
 from playwright.async_api import Page, expect
 
 from inventory_graphql.testing.server import ServerProcess
 from tests.support.database import stock
 from tests.support.graphql_http import SERVER_ENV
 from tests.support.storefront import card_count
+
+pytestmark = pytest.mark.asyncio(loop_scope="package")  # the browser's loop (conftest.py)
 
 LIVE = 1000  # as in test_storefront.py: a change shows this soon
 

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+import pytest_asyncio
 from playwright.async_api import Locator, Page, expect
 
 from inventory_graphql.api.buyers import BuyerTokens
@@ -29,6 +30,8 @@ from tests.support.database import create_database, stock
 from tests.support.graphql_http import ADMIN, SERVER_ENV
 from tests.support.paths import ROOT
 from tests.support.storefront import assert_not_reloaded, card, card_count
+
+pytestmark = pytest.mark.asyncio(loop_scope="package")  # the browser's loop (conftest.py)
 
 LIVE = 1000  # as in test_storefront.py: a change shows this soon
 MANIFEST = ROOT / "trusted-documents.json"
@@ -70,7 +73,7 @@ class Demo:
         return answer["data"]
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="package")
 async def demo(postgres_url, tmp_path) -> AsyncIterator[Demo]:
     """`serve --demo` on a fresh database, with no buyer secret configured (the demo makes
     a random one for the run), running trusted documents only, as production does: every

@@ -12,6 +12,7 @@ import re
 import shutil
 
 import aiohttp
+import pytest
 from playwright.async_api import Page, expect
 
 from inventory_graphql.inventory.catalog import CREATE
@@ -22,6 +23,8 @@ from tests.support.graphql_http import ADMIN, ADMIN_TOKEN, SERVER_ENV
 from tests.support.paths import ROOT
 from tests.support.pinned_server import PinnedServer
 from tests.support.storefront import assert_not_reloaded, card, card_count
+
+pytestmark = pytest.mark.asyncio(loop_scope="package")  # the browser's loop (conftest.py)
 
 # The page must show a change this soon after it happens (the server's own fan-out is
 # milliseconds; the rest is headroom for a loaded test machine).

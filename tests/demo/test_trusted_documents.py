@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+import pytest_asyncio
 from playwright.async_api import Page, WebSocket, expect
 
 from inventory_graphql.api.trusted_documents import Manifest
@@ -18,10 +19,12 @@ from tests.support.graphql_http import ADMIN_TOKEN, SERVER_ENV
 from tests.support.paths import ROOT
 from tests.support.storefront import card_count
 
+pytestmark = pytest.mark.asyncio(loop_scope="package")  # the browser's loop (conftest.py)
+
 LIVE = 1000  # as in test_storefront.py: a change shows this soon
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="package")
 async def trusted_only(database_url, tmp_path):
     env = {"DATABASE_URL": database_url, **SERVER_ENV, "INVENTORY_TRUSTED_DOCUMENTS_ONLY": "on"}
     server = ServerProcess(env, log=tmp_path / "server.log")

@@ -3,7 +3,7 @@ for what the tests read off it."""
 
 from __future__ import annotations
 
-from playwright.async_api import Browser, Locator, Page, ViewportSize, expect
+from playwright.async_api import Browser, BrowserContext, Locator, Page, ViewportSize, expect
 
 
 class Storefront:
@@ -12,6 +12,7 @@ class Storefront:
     def __init__(self, browser: Browser) -> None:
         self.browser = browser
         self.page_errors: list[str] = []
+        self.contexts: list[BrowserContext] = []
 
     async def open(
         self,
@@ -29,6 +30,7 @@ class Storefront:
         context = await self.browser.new_context(
             viewport=viewport or {"width": 1280, "height": 900}
         )
+        self.contexts.append(context)
         page = await context.new_page()
         page.on("pageerror", lambda error: self.page_errors.append(str(error)))
         params = []
@@ -51,6 +53,11 @@ class Storefront:
         # Set once; still there later proves that the page was never reloaded.
         await page.evaluate("window.sameDocument = true")
         return page
+
+    async def close(self) -> None:
+        """Close this test's pages (the browser is the package's)."""
+        for context in self.contexts:
+            await context.close()
 
 
 def card(page: Page, sku: str) -> Locator:
