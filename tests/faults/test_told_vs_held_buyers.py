@@ -344,9 +344,9 @@ async def follow(drop: Drop, session: aiohttp.ClientSession, who: Buyer, eid: st
                 drop.events[f"subscriptions ended by {message['type']}"] += 1
                 # The server was killed, or a database connection: a typed, retriable
                 # error (the client subscribes again), never anything else.
-                payload = message.get("payload")
-                errors = payload.get("errors") if isinstance(payload, dict) else payload
-                for error in errors or []:
+                pushed = message.get("payload")
+                reported = pushed.get("errors") if isinstance(pushed, dict) else pushed
+                for error in reported or []:
                     extensions = error.get("extensions") or {}
                     if extensions.get("code") not in RETRIABLE or not extensions.get("retriable"):
                         drop.problems.append(f"entry {eid}'s subscription ended by {message}")
@@ -400,7 +400,10 @@ async def client(drop: Drop, session: aiohttp.ClientSession, who: Buyer, i: int,
             lines = who.holds[rid]
             if lines == ((drop.queued, 2),) and rid not in who.given_back and rng.random() < 0.4:
                 who.given_back.add(rid)  # one unit back, once: the hold stays PENDING
-                variables = {"id": rid, "lines": [{"sku": drop.queued, "quantity": 1}]}
+                variables: dict[str, Any] = {
+                    "id": rid,
+                    "lines": [{"sku": drop.queued, "quantity": 1}],
+                }
                 exchange = await drop.ask(session, url, "give back", who, RELEASE, variables)
             elif rng.random() < 0.4:
                 exchange = await drop.ask(session, url, "confirm", who, CONFIRM, {"id": rid})
@@ -655,7 +658,9 @@ class Verdict:
 
     # -- a buyer's numbers when a request was decided, bounded -----------------------
 
-    def tally(self, buyer: str, sku: str, exchange: Asked, exclude: str = "") -> tuple[int, int]:
+    def tally(
+        self, buyer: str, sku: str, exchange: Asked | Exchange, exclude: str = ""
+    ) -> tuple[int, int]:
         """What `buyer` held plus had bought of `sku` when `exchange` was decided: at least,
         at most. (The drop's lines are never given back in part: all or nothing counts.)"""
         lower = upper = 0
@@ -668,7 +673,7 @@ class Verdict:
             upper += units * self.possible(row, exchange, counts_now, GONE)
         return lower, upper
 
-    def pending(self, buyer: str, exchange: Asked, exclude: str = "") -> tuple[int, int]:
+    def pending(self, buyer: str, exchange: Asked | Exchange, exclude: str = "") -> tuple[int, int]:
         """How many holds `buyer` had PENDING when `exchange` was decided: at least, at most."""
         lower = upper = 0
         for row in self.by_buyer[buyer]:
@@ -678,7 +683,7 @@ class Verdict:
                 upper += self.possible(row, exchange, counts_now, ENDED)
         return lower, upper
 
-    def certain(self, row: asyncpg.Record, exchange: Asked, counts_now: bool) -> bool:
+    def certain(self, row: asyncpg.Record, exchange: Asked | Exchange, counts_now: bool) -> bool:
         """Committed before the request was asked (its buyer had been told of it), and not
         ended by a transaction that started before the answer came."""
         seen = self.holds.get(row["id"])
@@ -688,7 +693,11 @@ class Verdict:
         return counts_now or (resolved is not None and resolved > exchange.received + self.eps)
 
     def possible(
-        self, row: asyncpg.Record, exchange: Asked, counts_now: bool, stops: frozenset[str]
+        self,
+        row: asyncpg.Record,
+        exchange: Asked | Exchange,
+        counts_now: bool,
+        stops: frozenset[str],
     ) -> bool:
         """Not created after the answer came, nor told ended (in `stops`) before the
         request was asked, nor ended long before it."""
@@ -967,8 +976,8 @@ class Verdict:
         for exchange in drop.exchanges:
             member = exchange.member
             if exchange.replay and member and member["__typename"] == "Reservation":
-                row = self.db.holds.get(member["id"])
-                if row is None or row["key"] != exchange.args["key"]:
+                replayed = self.db.holds.get(member["id"])
+                if replayed is None or replayed["key"] != exchange.args["key"]:
                     self.problem(f"a replayed key answered another hold: {exchange}")
                 elif (self.db.at(row["created"]) or 0) < exchange.sent:
                     self.checked["lost holds recovered by their key"] += 1
