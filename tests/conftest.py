@@ -8,7 +8,6 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 
-import aiohttp
 import asyncpg
 import pytest
 
@@ -18,7 +17,7 @@ from inventory_graphql.embedded_db import embedded_postgres
 from inventory_graphql.inventory.service import InventoryService
 from inventory_graphql.testing.server import ServerProcess
 from tests.support.database import create_database, new_sku
-from tests.support.graphql_http import SERVER_ENV, GraphQLClient
+from tests.support.graphql_http import SERVER_ENV, GraphQLClient, graphql_client
 
 
 @pytest.fixture(scope="session")
@@ -63,12 +62,8 @@ def server(database_url: str) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 async def gql(server: ServerProcess) -> AsyncIterator[GraphQLClient]:
-    async with aiohttp.ClientSession(
-        server.url,
-        connector=aiohttp.TCPConnector(limit=256),
-        timeout=aiohttp.ClientTimeout(total=60),
-    ) as http:
-        yield GraphQLClient(http)
+    async with graphql_client(server.url) as client:
+        yield client
 
 
 @pytest.fixture

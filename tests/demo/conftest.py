@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 
-import aiohttp
 import asyncpg
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, async_playwright
 
 from inventory_graphql.testing.server import ServerProcess
-from tests.support.graphql_http import GraphQLClient
+from tests.support.graphql_http import GraphQLClient, graphql_client
 from tests.support.storefront import Storefront
 
 # One browser for the package (starting Playwright and Chromium took ~1 s a test); each
@@ -84,9 +83,5 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest_asyncio.fixture(loop_scope=LOOP)
 async def gql(server: ServerProcess) -> AsyncIterator[GraphQLClient]:
-    async with aiohttp.ClientSession(
-        server.url,
-        connector=aiohttp.TCPConnector(limit=256),
-        timeout=aiohttp.ClientTimeout(total=60),
-    ) as http:
-        yield GraphQLClient(http)
+    async with graphql_client(server.url) as client:
+        yield client

@@ -3,6 +3,8 @@ servers run with, and a client that sends the token."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -42,3 +44,15 @@ class GraphQLClient:
         async with self.http.post("/graphql", json=body, headers=ADMIN) as response:
             assert response.status == 200, await response.text()
             return await response.json()
+
+
+@contextlib.asynccontextmanager
+async def graphql_client(url: str) -> AsyncIterator[GraphQLClient]:
+    """A client of the server at `url` with room for the race tests' hundreds of sockets
+    (the `gql` fixtures: the suite's and the demo package's, which runs in its own loop)."""
+    async with aiohttp.ClientSession(
+        url,
+        connector=aiohttp.TCPConnector(limit=256),
+        timeout=aiohttp.ClientTimeout(total=60),
+    ) as http:
+        yield GraphQLClient(http)
