@@ -115,9 +115,9 @@ CREATE FUNCTION stock_event_capture(products bigint[]) RETURNS void LANGUAGE sql
     -- The rows after the last event only, by index range (OFFSET 0 keeps the subquery a
     -- parameterized scan: as a join, the planner read every row of the product and
     -- filtered, a cost that grew with every sale).
-    CROSS JOIN LATERAL (SELECT * FROM stock_movement s
-                        WHERE s.product_id = x.id AND s.id > greatest(last.id, o.movement_id)
-                        OFFSET 0) AS m
+    JOIN LATERAL (SELECT * FROM stock_movement s
+                  WHERE s.product_id = x.id AND s.id > greatest(last.id, o.movement_id)
+                  OFFSET 0) AS m ON true
     WINDOW later AS (PARTITION BY m.product_id ORDER BY m.id DESC
                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
 $$;
