@@ -239,6 +239,16 @@ class Settings:
     query_timeout_seconds: float = _setting(
         "INVENTORY_QUERY_TIMEOUT_SECONDS", 5.0, _number(0, above=True)
     )
+    # The stock event feed (inventory/stock_events.py): events older than this are pruned
+    # (fractions allowed); a cursor before the pruned prefix is answered CursorExpired.
+    event_retention_hours: float = _setting(
+        "INVENTORY_EVENT_RETENTION_HOURS", 168.0, _number(0, above=True)
+    )
+    event_prune_interval_seconds: float = _setting(
+        "INVENTORY_EVENT_PRUNE_INTERVAL_SECONDS", 60.0, _number(0, above=True)
+    )
+    # Open stockEvents subscriptions per server process (each reads pages from the pool).
+    max_feed_subscriptions: int = _setting("INVENTORY_MAX_FEED_SUBSCRIPTIONS", 16, _integer(1))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

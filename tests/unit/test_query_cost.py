@@ -91,8 +91,8 @@ def test_the_operation_named_is_the_one_priced() -> None:
 
 
 def test_introspection_is_priced_by_the_schema_it_describes() -> None:
-    # Product has nine fields: the list costs 1, each field 1 and its name 1.
-    assert cost('{ __type(name: "Product") { fields { name } } }') == 1 + 1 + 9 * 2
+    # Product has ten fields: the list costs 1, each field 1 and its name 1.
+    assert cost('{ __type(name: "Product") { fields { name } } }') == 1 + 1 + 10 * 2
     assert cost('{ __type(name: "Nope") { fields { name } } }') == 1
     assert (cost(get_introspection_query(descriptions=True)) or 0) <= MAX_QUERY_COST
 

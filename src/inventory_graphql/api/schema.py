@@ -35,6 +35,12 @@ from inventory_graphql.api.outcomes import (
 )
 from inventory_graphql.api.query_cost import CostModel, Price
 from inventory_graphql.api.request_guards import Guards, Limits, RequestGuards
+from inventory_graphql.api.stock_events import (
+    MAX_FIRST,
+    StockEventsMutation,
+    StockEventsQuery,
+    StockEventsSubscription,
+)
 from inventory_graphql.api.subscriptions import MAX_SKUS, Subscription
 from inventory_graphql.api.trusted_documents import Manifest
 from inventory_graphql.api.types import Product, Reservation, ReserveLineInput
@@ -90,6 +96,12 @@ PRICES = {
     ("Mutation", "leaveWaitlist"): Price(each=READ),
     ("Subscription", "waitlistEntry"): Price(each=READ),
     ("WaitlistEntry", "reservation"): Price(each=READ),
+    # The feed (api/stock_events.py): a page's selection counts once per event (`first`);
+    # its edges, a list, count again at least twice (the model sees no parent's argument).
+    ("Query", "stockEvents"): Price(each=READ, most=MAX_FIRST, bounded_by=("first",)),
+    ("StockEventConnection", "edges"): Price(most=2),
+    ("Mutation", "setLowStockThreshold"): Price(each=READ),
+    ("Subscription", "stockEvents"): Price(each=READ),
 }
 T = TypeVar("T")
 
@@ -227,9 +239,11 @@ class Mutation:
 
 
 # The root types with the waiting list's fields (api/waitlist.py) after their own.
-QueryRoot = merge_types("Query", (Query, WaitlistQuery))
-MutationRoot = merge_types("Mutation", (Mutation, WaitlistMutation))
-SubscriptionRoot = merge_types("Subscription", (Subscription, WaitlistSubscription))
+QueryRoot = merge_types("Query", (Query, WaitlistQuery, StockEventsQuery))
+MutationRoot = merge_types("Mutation", (Mutation, WaitlistMutation, StockEventsMutation))
+SubscriptionRoot = merge_types(
+    "Subscription", (Subscription, WaitlistSubscription, StockEventsSubscription)
+)
 
 
 class InventorySchema(strawberry.Schema):

@@ -29,6 +29,10 @@ class Product:
     waiting: int = strawberry.field(
         description="Units its waiting list wants; while above 0, public reserves are refused."
     )
+    low_stock_threshold: int | None = strawberry.field(
+        default=None,
+        description="LOW_STOCK events fire when available drops below it; null: none.",
+    )
 
     @classmethod
     def from_domain(cls, product: models.Product) -> Product:
@@ -42,6 +46,7 @@ class Product:
             updated_at=product.updated_at,
             purchase_limit=product.purchase_limit,
             waiting=product.waiting,
+            low_stock_threshold=product.low_stock_threshold,
         )
 
 

@@ -19,17 +19,20 @@ from inventory_graphql.inventory.transactions import in_transaction
 
 # Every statement returns a product's columns in this order (Product.from_row reads them).
 SELECT_BY_SKUS = """
-SELECT sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting
+SELECT sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting,
+       low_stock_threshold
 FROM product WHERE sku = any($1::text[]) ORDER BY sku LIMIT $2
 """
 
 SELECT_FIRST = """
-SELECT sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting
+SELECT sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting,
+       low_stock_threshold
 FROM product ORDER BY sku LIMIT $1
 """
 
 SELECT_ONE = """
-SELECT sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting
+SELECT sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting,
+       low_stock_threshold
 FROM product WHERE sku = $1
 """
 
@@ -65,7 +68,15 @@ SELECT sku, name, quantity, reserved, version, updated_at, purchase_limit, waiti
 
 SET_PURCHASE_LIMIT = """
 UPDATE product SET purchase_limit = $2 WHERE sku = $1
-RETURNING sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting
+RETURNING sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting,
+          low_stock_threshold
+"""
+
+# The crossing events come from migration 008's trigger; setting a threshold crosses none.
+SET_LOW_STOCK_THRESHOLD = """
+UPDATE product SET low_stock_threshold = $2 WHERE sku = $1
+RETURNING sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting,
+          low_stock_threshold
 """
 
 
@@ -114,4 +125,9 @@ class Catalog:
     async def set_purchase_limit(self, sku: str, per_buyer: int | None) -> ProductOutcome:
         """Inputs are valid (the service checked them)."""
         row = await self._pool.fetchrow(SET_PURCHASE_LIMIT, sku, per_buyer)
+        return Product.from_row(row) if row else ProductNotFound(sku)
+
+    async def set_low_stock_threshold(self, sku: str, threshold: int | None) -> ProductOutcome:
+        """Inputs are valid (the service checked them)."""
+        row = await self._pool.fetchrow(SET_LOW_STOCK_THRESHOLD, sku, threshold)
         return Product.from_row(row) if row else ProductNotFound(sku)

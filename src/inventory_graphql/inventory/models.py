@@ -67,6 +67,7 @@ class Product:
     updated_at: datetime
     purchase_limit: int | None = None  # units per buyer (held plus bought); None: no limit
     waiting: int = 0  # units the waiting list wants
+    low_stock_threshold: int | None = None  # LOW_STOCK below it; None: no threshold
 
     @property
     def available(self) -> int:
@@ -89,6 +90,8 @@ class Product:
             updated_at=row["updated_at"],
             purchase_limit=row["purchase_limit"],
             waiting=row["waiting"],
+            # Only the statements that answer it read it (a new product has none).
+            low_stock_threshold=row.get("low_stock_threshold"),
         )
 
 

@@ -15,17 +15,19 @@ from typing import Protocol
 import asyncpg
 
 from inventory_graphql.config import Settings
-from inventory_graphql.inventory import validation
+from inventory_graphql.inventory import stock_events, validation
 from inventory_graphql.inventory.catalog import Catalog
 from inventory_graphql.inventory.coalescer import ReservationCoalescer
 from inventory_graphql.inventory.contention import Contention
 from inventory_graphql.inventory.errors import Busy
+from inventory_graphql.inventory.event_retention import Pruner
 from inventory_graphql.inventory.give_back import GiveBack
 from inventory_graphql.inventory.models import (
     ANONYMOUS,
     BuyerRequired,
     Caller,
     ExtendOutcome,
+    InvalidInput,
     LineRequest,
     Product,
     ProductOutcome,
@@ -89,6 +91,10 @@ class InventoryService:
         self._sweeper = Sweeper(
             self._reservations, settings.sweep_interval_seconds, settings.sweep_batch_size
         )
+        self._pruner = Pruner(
+            pool, settings.event_retention_hours, settings.event_prune_interval_seconds
+        )
+        self.feed_slots = stock_events.Slots(settings.max_feed_subscriptions)
         # Keyed reserves always take the per-request path: a keyed reserve may wait on
         # another transaction's uncommitted key, and inside a batch that already holds
         # product locks, that could deadlock.
@@ -123,6 +129,7 @@ class InventoryService:
                 await running.enter_async_context(self._coalescer.running())
             if sweep:
                 await running.enter_async_context(self._sweeper.running())
+                await running.enter_async_context(self._pruner.running())
             yield self
 
     # Queries
@@ -263,6 +270,31 @@ class InventoryService:
         if invalid := validation.check_purchase_limit(sku, per_buyer):
             return invalid
         return await self._catalog.set_purchase_limit(sku, per_buyer)
+
+    async def set_low_stock_threshold(self, sku: str, threshold: int | None) -> ProductOutcome:
+        """LOW_STOCK events when available drops below `threshold`; None removes it."""
+        if invalid := validation.check_sku(sku):
+            return invalid
+        if threshold is not None and not 1 <= threshold <= validation.MAX_STOCK:
+            return InvalidInput(
+                "threshold", f"must be 1 to {validation.MAX_STOCK:,}, or null for none"
+            )
+        return await self._catalog.set_low_stock_threshold(sku, threshold)
+
+    # The stock event feed (admin)
+
+    async def stock_events(
+        self, after: stock_events.Cursor | None, first: int
+    ) -> list[stock_events.StockEvent] | stock_events.Expired:
+        """Up to `first` final events after `after` (None: the oldest kept), in feed
+        order; Expired when retention pruned events after it."""
+        async with self._pool.acquire() as conn:
+            return await stock_events.read_after(conn, after, first)
+
+    async def prune_events(self) -> int:
+        """Prune the feed's events past their retention now (the pruner does this on its
+        interval)."""
+        return await self._pruner.prune_once()
 
     # Operations
 

@@ -29,6 +29,41 @@ ORDER BY e.feed_key, e.id
 # Where the pruned prefix ends: a cursor before it has lost events.
 HORIZON = "SELECT feed_key, id FROM stock_event_horizon"
 
+# Retention: one process prunes at a time (the others skip a round).
+PRUNE_LOCK = "SELECT pg_try_advisory_xact_lock(1008, 1)"
+
+# Deletes the feed's oldest final events older than $1, from the horizon on, at most $2
+# of them, as a prefix in feed order (it stops at the first event still inside the
+# retention), and moves the horizon to the end of that prefix in the same transaction: a
+# reader that checks the horizon after reading a page knows whether the page could have
+# lost events. Each product's latest event is kept (below the horizon, where no reader
+# looks): capture (migration 008) turns a product's ledger rows after its latest event
+# into events, so without one it would turn the product's pruned rows into events again.
+PRUNE = """
+WITH head AS (
+    SELECT e.feed_key, e.id, e.product_id,
+           bool_and(e.occurred_at < $1) OVER (ORDER BY e.feed_key, e.id) AS old
+    FROM (SELECT s.feed_key, s.id, s.product_id, s.occurred_at
+          FROM stock_event s CROSS JOIN stock_event_horizon h
+          WHERE (s.feed_key, s.id) > (h.feed_key, h.id)
+            AND s.feed_key < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY s.feed_key, s.id LIMIT $2) AS e
+), gone AS (
+    DELETE FROM stock_event d USING head h
+    WHERE d.id = h.id AND h.old
+      AND EXISTS (SELECT 1 FROM stock_event later
+                  WHERE later.product_id = h.product_id AND later.id > h.id)
+    RETURNING d.id
+), last AS (
+    SELECT feed_key, id FROM head WHERE old ORDER BY feed_key DESC, id DESC LIMIT 1
+), moved AS (
+    UPDATE stock_event_horizon h SET feed_key = last.feed_key, id = last.id, pruned_at = now()
+    FROM last RETURNING h.id
+)
+SELECT (SELECT count(*) FROM gone) AS pruned,
+       (SELECT count(*) FROM head WHERE old) AS passed
+"""
+
 _CURSOR = re.compile(r"(0|[1-9][0-9]{0,19})\.(0|[1-9][0-9]{0,18})")
 MAX_FEED_KEY = 2**64 - 1
 MAX_ID = 2**63 - 1
@@ -57,6 +92,48 @@ class Cursor:
 
 
 START = Cursor(0, 0)
+
+
+class Slot:
+    """One open feed subscription; `release` gives it back, once."""
+
+    def __init__(self, slots: Slots) -> None:
+        self._slots: Slots | None = slots
+
+    def release(self) -> None:
+        slots, self._slots = self._slots, None
+        if slots is not None:
+            slots.taken -= 1
+
+
+class Slots:
+    """The per-process cap on open feed subscriptions (each reads pages from the pool)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.taken = 0
+
+    def take(self) -> Slot | None:
+        if self.taken >= self.limit:
+            return None
+        self.taken += 1
+        return Slot(self)
+
+
+@dataclass(frozen=True)
+class Expired:
+    """The cursor is before the horizon: events after it were pruned (re-sync)."""
+
+    cursor: Cursor
+    horizon: Cursor
+
+    @property
+    def message(self) -> str:
+        return (
+            f"cursor {self.cursor} is older than the feed's retention (events up to "
+            f"{self.horizon} were pruned): re-read the current stock and follow the feed "
+            "from a new cursor"
+        )
 
 
 @dataclass(frozen=True)
@@ -126,4 +203,34 @@ async def read_page(conn: Connection, after: Cursor, limit: int) -> list[StockEv
 async def horizon(conn: Connection) -> Cursor:
     """The last pruned place: cursors before it have lost events to retention."""
     row = await conn.fetchrow(HORIZON)
+    assert row is not None, "migration 008 inserts the horizon's one row"
     return Cursor(row["feed_key"], row["id"])
+
+
+async def read_after(
+    conn: Connection, after: Cursor | None, limit: int
+) -> list[StockEvent] | Expired:
+    """Up to `limit` final events after `after` (None: from the oldest kept), or Expired
+    when events after it were pruned. The page is read before the horizon: the pruner
+    moves the horizon in the transaction that deletes, so a horizon still at or before
+    `after` when read after the page proves the page lost nothing."""
+    if after is None:
+        after = await horizon(conn)
+    events = await read_page(conn, after, limit)
+    edge = await horizon(conn)
+    if after < edge:
+        return Expired(after, edge)
+    return events
+
+
+async def prune(conn: Connection, older_than: datetime, batch: int) -> int:
+    """Move the horizon past up to `batch` final events older than `older_than`, deleting
+    them (each product's latest is kept); how many it passed (0 also when another process
+    is pruning now)."""
+    async with conn.transaction():
+        if not await conn.fetchval(PRUNE_LOCK):
+            return 0
+        row = await conn.fetchrow(PRUNE, older_than, batch)
+        assert row is not None, "an aggregate returns a row"
+        passed: int = row["passed"]
+        return passed

@@ -71,6 +71,9 @@ class AvailabilityHub:
         self._known: dict[str, int] = {}
         self.resyncs = 0
         self.checked = 0  # notifications checked against the database
+        # Set on every notification (and resync), whatever its skus: the stock event
+        # feed's wake-up (every event's transaction updates a product, so notifies).
+        self._commit_flags: set[asyncio.Event] = set()
 
     @property
     def subscriptions(self) -> int:
@@ -102,6 +105,17 @@ class AvailabilityHub:
                     if not watchers:
                         del self._watchers[sku]
                         self._known.pop(sku, None)
+
+    @contextlib.contextmanager
+    def commits(self) -> Iterator[asyncio.Event]:
+        """A flag set whenever a change to any product was notified, until the block
+        exits (the holder clears it; many notifications between two looks set it once)."""
+        flag = asyncio.Event()
+        self._commit_flags.add(flag)
+        try:
+            yield flag
+        finally:
+            self._commit_flags.discard(flag)
 
     def publish(self, levels: Iterable[StockLevel]) -> None:
         for level in levels:
@@ -153,6 +167,8 @@ class AvailabilityHub:
         async with self._broadcast.subscribe(CHANNEL) as subscriber:
             while True:
                 event = await subscriber.get()
+                for flag in self._commit_flags:
+                    flag.set()
                 if event.message == RESYNC:
                     await self._resync_until_done()
                     continue
