@@ -152,6 +152,95 @@ ABOVE_LIMIT = _ABOVE_LIMIT + "SELECT * FROM above WHERE since_set ORDER BY sku, 
 ABOVE_LOWERED_LIMIT = _ABOVE_LIMIT + "SELECT count(*) FROM above WHERE NOT since_set"
 
 
+# The stock event feed (migration 008) against the ledger: every ledger row since the
+# feed's origin has its event (same id, product, kind as mapped, deltas, hold, reason,
+# reference, actor), and every event but a threshold crossing has its ledger row. Pruning
+# (inventory/stock_events.py) deletes a product's events oldest first and keeps its
+# latest, so a ledger row without its event is a problem unless pruning has run and the
+# row is older than the product's oldest event kept. Crossings carry no deltas.
+EVENTS_OFF_LEDGER = """
+WITH crossing(kind) AS (
+    VALUES ('LOW_STOCK'::stock_event_kind), ('OUT_OF_STOCK'), ('BACK_IN_STOCK')
+), pruning AS (
+    SELECT (h.feed_key, h.id) > ('0'::xid8, 0::bigint) AS ran FROM stock_event_horizon h
+), oldest_kept AS (
+    SELECT product_id, min(id) AS id FROM stock_event GROUP BY product_id
+)
+SELECT m.id, m.product_id, 'ledger row ' || m.id || ' (' || m.kind || ') ' ||
+       CASE WHEN e.id IS NULL THEN 'has no event'
+            ELSE 'differs from its event (' || e.kind || ')' END AS problem
+FROM stock_movement m
+CROSS JOIN stock_event_origin o CROSS JOIN pruning
+LEFT JOIN stock_event e ON e.id = m.id
+LEFT JOIN oldest_kept k ON k.product_id = m.product_id
+WHERE m.id > o.movement_id
+  AND CASE WHEN e.id IS NULL THEN NOT (pruning.ran AND (k.id IS NULL OR m.id < k.id))
+      ELSE e.product_id <> m.product_id
+        OR e.kind::text <> CASE m.kind::text
+               WHEN 'CREATE' THEN 'CREATED' WHEN 'ADJUST' THEN 'ADJUSTED' WHEN 'SET' THEN 'SET'
+               WHEN 'RESERVE' THEN CASE WHEN m.reason = 'waiting list' THEN 'OFFERED'
+                                        ELSE 'RESERVED' END
+               WHEN 'CONFIRM' THEN 'CONFIRMED' WHEN 'RELEASE' THEN 'RELEASED'
+               WHEN 'EXPIRE' THEN 'EXPIRED' END
+        OR (e.quantity_delta, e.reserved_delta) <> (m.quantity_delta, m.reserved_delta)
+        OR e.reservation_id IS DISTINCT FROM m.reservation_id
+        OR e.reason IS DISTINCT FROM m.reason
+        OR e.reference IS DISTINCT FROM m.reference
+        OR e.actor IS DISTINCT FROM m.actor
+      END
+UNION ALL
+SELECT e.id, e.product_id,
+       'event ' || e.id || ' (' || e.kind || ') ' ||
+       CASE WHEN e.kind IN (SELECT kind FROM crossing) THEN 'is a crossing with deltas'
+            ELSE 'has no ledger row' END
+FROM stock_event e LEFT JOIN stock_movement m ON m.id = e.id
+WHERE CASE WHEN e.kind IN (SELECT kind FROM crossing)
+           THEN (e.quantity_delta, e.reserved_delta) <> (0, 0) OR m.id IS NOT NULL
+           ELSE m.id IS NULL END
+ORDER BY 1
+LIMIT 100
+"""
+
+# Per product, in id order (its commit order), the ledger events' numbers chain: each
+# one's quantity and reserved are the previous one's plus its deltas, versions and feed
+# keys never go down, and the newest shows the product's numbers now. A crossing carries
+# the numbers of the update that crossed (008 writes it at commit, after the other events
+# of its transaction), so it stands apart: its own numbers must show the crossing.
+EVENTS_UNCHAINED = """
+WITH ledger_events AS (
+    SELECT e.*,
+           lag(e.quantity) OVER w AS prev_quantity, lag(e.reserved) OVER w AS prev_reserved,
+           lag(e.version) OVER w AS prev_version, lag(e.feed_key) OVER w AS prev_key,
+           row_number() OVER (PARTITION BY e.product_id ORDER BY e.id DESC) AS from_end
+    FROM stock_event e
+    WHERE e.kind NOT IN ('LOW_STOCK', 'OUT_OF_STOCK', 'BACK_IN_STOCK')
+    WINDOW w AS (PARTITION BY e.product_id ORDER BY e.id)
+)
+SELECT p.sku, x.id, x.kind::text AS kind,
+       'event ' || x.id || ' (' || x.kind || ') of ' || p.sku || ': quantity ' || x.quantity ||
+       ', reserved ' || x.reserved || ', version ' || x.version || ' after quantity ' ||
+       coalesce(x.prev_quantity::text, '-') || ', reserved ' ||
+       coalesce(x.prev_reserved::text, '-') || ', version ' ||
+       coalesce(x.prev_version::text, '-') || ' (product now ' || p.quantity || '/' ||
+       p.reserved || ')' AS problem
+FROM ledger_events x JOIN product p ON p.id = x.product_id
+WHERE (x.prev_quantity IS NOT NULL
+       AND (x.quantity <> x.prev_quantity + x.quantity_delta
+            OR x.reserved <> x.prev_reserved + x.reserved_delta
+            OR x.version < x.prev_version OR x.feed_key < x.prev_key))
+   OR (x.from_end = 1 AND (x.quantity, x.reserved) <> (p.quantity, p.reserved))
+UNION ALL
+SELECT p.sku, c.id, c.kind::text,
+       'crossing ' || c.id || ' (' || c.kind || ') of ' || p.sku || ' with available ' ||
+       (c.quantity - c.reserved)
+FROM stock_event c JOIN product p ON p.id = c.product_id
+WHERE (c.kind = 'OUT_OF_STOCK' AND c.quantity <> c.reserved)
+   OR (c.kind = 'BACK_IN_STOCK' AND c.quantity <= c.reserved)
+ORDER BY 1, 2
+LIMIT 100
+"""
+
+
 @dataclass
 class Report:
     products: int = 0
@@ -216,4 +305,8 @@ async def reconcile(conn: Connection, overdue_grace_seconds: float) -> Report:
                 f"limit of {r['purchase_limit']} with a hold made since it was set"
             )
         report.above_lowered_limit = await conn.fetchval(ABOVE_LOWERED_LIMIT)
+        for r in await conn.fetch(EVENTS_OFF_LEDGER):
+            report.problems.append(f"stock events: {r['problem']}")
+        for r in await conn.fetch(EVENTS_UNCHAINED):
+            report.problems.append(f"stock events: {r['problem']}")
     return report
