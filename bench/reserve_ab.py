@@ -40,6 +40,7 @@ or a point could not be measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import shutil
@@ -50,7 +51,8 @@ from pathlib import Path
 import asyncpg
 import uvloop
 
-from bench.harness.database import applied_migrations, postgres, postgres_settings
+from bench.harness import webhooks
+from bench.harness.database import applied_migrations, migrated_by, postgres, postgres_settings
 from bench.harness.plan import LOADS, SERVICE, Plan, server_env
 from bench.harness.points import serve, service_point, warm_up
 from bench.harness.report import (
@@ -100,50 +102,96 @@ async def run(
     loads: list[str],
     clients_list: list[int],
     coalesce: str = "on",
+    webhook: bool = False,
 ) -> ReserveABResult:
     started = time.time()
     results: dict[str, list[ABPoint]] = {version: [] for version in VERSIONS}
-    with postgres() as server, tempfile.TemporaryDirectory(prefix="reserve-ab-") as tmp:
+    delivered: dict[str, object] | None = None
+    with (
+        postgres() as server,
+        tempfile.TemporaryDirectory(prefix="reserve-ab-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         before_src = export_src(before_ref, Path(tmp) / "before")
         after = snapshot_src(Path(tmp) / "after")
         after_src = Path(tmp) / "after" / "src"
         # Everything this run starts (servers, `check`, client processes) imports the
-        # snapshot, unless told otherwise: "before" servers are.
+        # snapshot, unless told otherwise: "before" servers are (and, with --webhook,
+        # `check` on before's database).
         os.environ["PYTHONPATH"] = str(after_src)
         paths = {"before": str(before_src), "after": str(after_src)}
         expect_imports(paths)
-        url = await create_migrated_database(server, DATABASE, replace=True)
-        conn = await asyncpg.connect(url)
+        urls = {version: "" for version in VERSIONS}
+        urls["after"] = await create_migrated_database(server, DATABASE, replace=True)
+        # One database for both, unless the versions' triggers differ: with --webhook each
+        # version writes to a database its own migrations made (the feed's triggers cannot
+        # be turned off).
+        urls["before"] = (
+            await migrated_by(before_src, server, f"{DATABASE}_before")
+            if webhook
+            else urls["after"]
+        )
+        conns = {"after": await asyncpg.connect(urls["after"])}
+        conns["before"] = await asyncpg.connect(urls["before"]) if webhook else conns["after"]
+        conn = conns["after"]
         try:
             settings = await postgres_settings(conn)
             migrations = await applied_migrations(conn)
             print(f"database {DATABASE}; PostgreSQL {settings['server_version']}", flush=True)
             print(f"migrations (this checkout): {', '.join(migrations)}", flush=True)
+            if webhook:
+                before_migrations = await applied_migrations(conns["before"])
+                print(f"migrations (before): {', '.join(before_migrations)}", flush=True)
             print(f"before: {describe(before_ref)}", flush=True)
             changed = " + uncommitted src/ changes" if after.src_changed else ""
             print(f"after:  {after.commit}{changed}", flush=True)
             if after.diff_stat:
                 print("  " + after.diff_stat.replace("\n", "\n  "), flush=True)
-            bench = Bench(plan, url, conn, Path(tmp))
+            benches = {v: Bench(plan, urls[v], conns[v], Path(tmp)) for v in VERSIONS}
+            extra: dict[str, dict[str, str]] = {v: {} for v in VERSIONS}
+            endpoint = None
+            if webhook:
+                receiver_url = stack.enter_context(webhooks.receiver())
+                extra["after"] = webhooks.server_env(receiver_url)
+                admin = server_env(coalesce)["INVENTORY_ADMIN_TOKEN"]
+                setup_env = {
+                    **server_env(coalesce),
+                    **extra["after"],
+                    "INVENTORY_ADMIN_TOKEN": admin,
+                }
+                with serve(benches["after"], setup_env) as setup:
+                    endpoint = await webhooks.subscribe(conn, setup.url, admin, receiver_url)
+                print(f"webhook endpoint {endpoint.id} -> {receiver_url}", flush=True)
             repeat = 0
             for round_number in range(rounds):
                 order = VERSIONS if round_number % 2 == 0 else VERSIONS[::-1]
                 print(f"round {round_number + 1} of {rounds} ({order[0]} first)", flush=True)
                 for load, clients, version in itertools.product(loads, clients_list, order):
                     repeat += 1
-                    env = {**server_env(coalesce), "PYTHONPATH": paths[version]}
+                    env = {**server_env(coalesce), **extra[version], "PYTHONPATH": paths[version]}
+                    if webhook:
+                        os.environ["PYTHONPATH"] = paths[version]  # `check` of its own
                     try:
                         point = await measure(
-                            bench, env, load, clients, repeat, version, round_number
+                            benches[version], env, load, clients, repeat, version, round_number
                         )
                     except Exception as error:  # record it, measure the rest
                         where = f"round {round_number + 1} {version} {load} {clients} clients"
-                        bench.fail(f"{where}: {error!r}")
+                        benches[version].fail(f"{where}: {error!r}")
                         continue
                     results[version].append(point)
                     print(f"  {ab_progress(point)}", flush=True)
+            if endpoint is not None:
+                # The last after server has stopped: one more delivers what is left.
+                with serve(benches["after"], {**server_env(coalesce), **extra["after"]}):
+                    delivered = await webhooks.caught_up(conn, endpoint, timeout=300)
+                print(f"webhook: {delivered}", flush=True)
+                if not webhooks.complete(delivered):
+                    benches["after"].fail(f"webhook delivery incomplete: {delivered}")
         finally:
-            await conn.close()
+            for c in {id(c): c for c in conns.values()}.values():
+                await c.close()
+    errors = [e for v in VERSIONS for e in benches[v].errors]
     return ReserveABResult(
         machine=machine(),
         postgres=settings,
@@ -157,8 +205,11 @@ async def run(
         duration_s=round(time.time() - started),
         points=results,
         summary=reserve_summary(results, loads, clients_list),
-        errors=bench.errors,
-        quiet_waited_s=round(bench.quiet_waited),
+        errors=errors,
+        quiet_waited_s=round(
+            sum(b.quiet_waited for b in {id(b): b for b in benches.values()}.values())
+        ),
+        webhook=delivered,
     )
 
 
@@ -190,6 +241,12 @@ def main() -> None:
         "--clients", nargs="+", type=int, default=list(CLIENTS), help="default: 16 64"
     )
     parser.add_argument(
+        "--webhook",
+        action="store_true",
+        help="each version on a database its own migrations made; after's servers deliver "
+        "every stock event to a webhook endpoint (a receiver process), checked at the end",
+    )
+    parser.add_argument(
         "--per-request",
         action="store_true",
         help="measure the per-request path (INVENTORY_COALESCE_RESERVATIONS=off) instead",
@@ -219,12 +276,14 @@ def main() -> None:
             args.loads,
             args.clients,
             "off" if args.per_request else "on",
+            args.webhook,
         )
     )
     print_ab_points(result)
     print_ab_stock(result)
     print_ab_summary(result)
-    print(f"\nsaved {save('reserve_ab', result)}")
+    name = "events_ab" if args.webhook else "reserve_ab"
+    print(f"\nsaved {save(name, result)}")
     exit_unless_ok(result, "a verdict failed or a point could not be measured")
 
 

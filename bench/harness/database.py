@@ -104,6 +104,29 @@ async def seed(conn: asyncpg.Connection, prefix: str, count: int) -> Products:
     return Products(prefix, count, first, last)
 
 
+async def migrated_by(src: Path, server_url: str, name: str) -> str:
+    """A fresh database `name`, migrated by the code in `src` (an exported commit's
+    migrations, not this checkout's); its URL."""
+    program = (
+        "import asyncio, sys\n"
+        "from inventory_graphql.database import create_migrated_database\n"
+        "print(asyncio.run(create_migrated_database(sys.argv[1], sys.argv[2], replace=True)))"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        program,
+        server_url,
+        name,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"migrating {name} with {src} failed")
+    return out.decode().strip().splitlines()[-1]
+
+
 async def postgres_settings(conn: asyncpg.Connection) -> dict[str, str]:
     names = ["server_version", "max_connections", "shared_buffers", "synchronous_commit"]
     return {name: await conn.fetchval(f"SHOW {name}") for name in names}

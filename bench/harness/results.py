@@ -363,6 +363,8 @@ class ReserveABResult:
     summary: list[ReserveRow]
     errors: list[str]
     quiet_waited_s: int
+    # With --webhook: what the receiver got next to the feed (bench.harness.webhooks).
+    webhook: dict[str, Any] | None = None
 
     @property
     def verdicts_ok(self) -> bool:
@@ -384,6 +386,7 @@ class ReserveABResult:
             "verdicts_ok": self.verdicts_ok,
             "errors": self.errors,
             "quiet_waited_s": self.quiet_waited_s,
+            "webhook": self.webhook,
         }
 
 
