@@ -381,3 +381,34 @@ async def test_pruning_moves_the_horizon_and_keeps_each_products_latest_event(
         assert report.ok, report.problems
     finally:
         await conn.close()
+
+
+async def test_check_reports_a_feed_that_does_not_match_its_ledger(postgres_url):
+    from inventory_graphql.inventory.catalog import CREATE
+    from tests.support.database import create_database
+
+    url = await create_database(postgres_url)  # its own database: it is broken on purpose
+    conn = await asyncpg.connect(url)
+    try:
+        sku = new_sku()
+        await conn.fetchrow(CREATE, sku, "a", 3)
+        for _ in range(3):
+            assert await conn.fetchrow(ADJUST, sku, 1, "more")
+        assert (await check(conn)).ok
+        ids = [r["id"] for r in await conn.fetch("SELECT id FROM stock_event ORDER BY id")]
+        await conn.execute("UPDATE stock_event SET quantity = quantity + 1 WHERE id = $1", ids[1])
+        problems = (await check(conn)).problems
+        assert any("stock events: event" in p and f"event {ids[1]} " in p for p in problems)
+        await conn.execute("DELETE FROM stock_event WHERE id = $1", ids[2])
+        problems = (await check(conn)).problems
+        assert any(f"ledger row {ids[2]} (ADJUST) has no event" in p for p in problems)
+        await conn.execute(
+            "INSERT INTO stock_event SELECT id + 1000, feed_key, product_id, kind, "
+            "quantity_delta, reserved_delta, quantity, reserved, version, reservation_id, "
+            "reason, reference, actor, occurred_at FROM stock_event WHERE id = $1",
+            ids[0],
+        )
+        problems = (await check(conn)).problems
+        assert any(f"event {ids[0] + 1000} (CREATED) has no ledger row" in p for p in problems)
+    finally:
+        await conn.close()
