@@ -259,11 +259,12 @@ class StockEventsSubscription:
                 "subscriptions; retry later or page with the stockEvents query.",
                 extensions={"code": "TOO_MANY_FEED_SUBSCRIPTIONS", "retriable": True},
             )
-        try:
-            quota = await _client_quota(info.context.request)
-        except BaseException:
-            slot.release()
-            raise
+        # Given back however the operation ends, even if the stream never starts (the
+        # operation's task ends then too; a slot is released once).
+        task = asyncio.current_task()
+        assert task is not None
+        task.add_done_callback(lambda _: slot.release())
+        quota = await _client_quota(info.context.request)
         return _feed(info, _parse(after), slot, quota)
 
 
