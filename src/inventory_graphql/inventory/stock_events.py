@@ -30,7 +30,7 @@ ORDER BY e.feed_key, e.id
 HORIZON = "SELECT feed_key, id FROM stock_event_horizon"
 
 # Retention: one process prunes at a time (the others skip a round).
-PRUNE_LOCK = "SELECT pg_try_advisory_xact_lock(1008, 1)"
+PRUNE_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('inventory.event_prune'), 0)"
 
 # Deletes the feed's oldest final events older than $1, from the horizon on, at most $2
 # of them, as a prefix in feed order (it stops at the first event still inside the
