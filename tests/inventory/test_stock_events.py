@@ -412,3 +412,22 @@ async def test_check_reports_a_feed_that_does_not_match_its_ledger(postgres_url)
         assert any(f"event {ids[0] + 1000} (CREATED) has no ledger row" in p for p in problems)
     finally:
         await conn.close()
+
+
+async def test_one_process_prunes_at_a_time(postgres_url):
+    from inventory_graphql.inventory.catalog import CREATE
+    from tests.support.database import create_database
+
+    url = await create_database(postgres_url)  # its own feed: a broken lock prunes it all
+    conn, other = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        await conn.fetchrow(CREATE, new_sku(), "a", 3)
+        await conn.fetchrow(CREATE, new_sku(), "b", 3)
+        async with other.transaction():  # another process in the middle of a round
+            assert await other.fetchval(stock_events.PRUNE_LOCK)
+            assert await stock_events.prune(conn, datetime.now(UTC), 1000) == 0
+            assert await stock_events.horizon(conn) == stock_events.START
+        assert await stock_events.prune(conn, datetime.now(UTC), 1000) == 2
+    finally:
+        await conn.close()
+        await other.close()
