@@ -377,6 +377,10 @@ async def test_pruning_moves_the_horizon_and_keeps_each_products_latest_event(
         fresh = await stock_events.read_after(conn, last, 10)
         assert not isinstance(fresh, stock_events.Expired)
         assert [(e.kind, e.quantity) for e in fresh] == [("ADJUSTED", 4)]
+        # Once past it too, b's older kept event goes; each product's latest stays.
+        assert await stock_events.prune(conn, datetime.now(UTC), 1000) == 1
+        kept = await conn.fetch("SELECT kind::text, quantity FROM stock_event ORDER BY id")
+        assert [tuple(r) for r in kept] == [("ADJUSTED", 4), ("ADJUSTED", 4)]
         report = await check(conn)
         assert report.ok, report.problems
     finally:

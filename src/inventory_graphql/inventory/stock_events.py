@@ -37,8 +37,9 @@ PRUNE_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('inventory.event_prune')
 # retention), and moves the horizon to the end of that prefix in the same transaction: a
 # reader that checks the horizon after reading a page knows whether the page could have
 # lost events. Each product's latest event is kept (below the horizon, where no reader
-# looks): capture (migration 008) turns a product's ledger rows after its latest event
-# into events, so without one it would turn the product's pruned rows into events again.
+# looks) until the product has a later one: capture (migration 008) turns a product's
+# ledger rows after its latest event into events, so without one it would turn the
+# product's pruned rows into events again.
 PRUNE = """
 WITH head AS (
     SELECT e.feed_key, e.id, e.product_id,
@@ -53,6 +54,15 @@ WITH head AS (
     WHERE d.id = h.id AND h.old
       AND EXISTS (SELECT 1 FROM stock_event later
                   WHERE later.product_id = h.product_id AND later.id > h.id)
+    RETURNING d.id
+), superseded AS (
+    -- Latest events kept by earlier rounds that their product has since outgrown.
+    DELETE FROM stock_event d
+    WHERE d.id IN (SELECT s.id FROM stock_event s CROSS JOIN stock_event_horizon h
+                   WHERE (s.feed_key, s.id) <= (h.feed_key, h.id)
+                     AND EXISTS (SELECT 1 FROM stock_event later
+                                 WHERE later.product_id = s.product_id AND later.id > s.id)
+                   LIMIT $2)
     RETURNING d.id
 ), last AS (
     SELECT feed_key, id FROM head WHERE old ORDER BY feed_key DESC, id DESC LIMIT 1
