@@ -13,7 +13,7 @@ import strawberry
 from strawberry.permission import BasePermission
 
 from inventory_graphql.api.buyers import BuyerTokens, TokenRefused
-from inventory_graphql.inventory.models import ADMIN, ANONYMOUS, Caller
+from inventory_graphql.inventory.models import ANONYMOUS, Caller
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,20 @@ class Tokens:
     admin: str
     storefront: str | None = None
     buyers: BuyerTokens | None = None  # None: INVENTORY_BUYER_TOKEN_SECRET unset
+    named_admins: tuple[tuple[str, str], ...] = ()  # INVENTORY_ADMIN_TOKENS: (name, token)
+
+    def admin_name(self, presented: str | None) -> str | None:
+        """The name of the admin token presented (INVENTORY_ADMIN_TOKEN's is "admin"), or
+        None. Every token is compared, each in constant time: how long it takes does not
+        tell which one matched, nor how much of one."""
+        found = None
+        for name, token in (("admin", self.admin), *self.named_admins):
+            if matches(presented, token) and found is None:
+                found = name
+        return found
 
     def is_admin(self, presented: str | None) -> bool:
-        return matches(presented, self.admin)
+        return self.admin_name(presented) is not None
 
     def is_shopper(self, presented: str | None) -> bool:
         if self.storefront is None or self.is_admin(presented):
@@ -39,8 +50,8 @@ class Tokens:
         """Who the bearer of `presented` is. With a buyer secret set, any bearer token
         but the admin and storefront ones is a buyer token and must verify: a client
         that means to be a buyer is never served as someone else."""
-        if self.is_admin(presented):
-            return ADMIN
+        if (name := self.admin_name(presented)) is not None:
+            return Caller(admin=True, actor=name)
         if self.storefront is not None and matches(presented, self.storefront):
             return ANONYMOUS
         if self.buyers is not None and presented is not None:

@@ -86,6 +86,30 @@ class TooManyPendingHolds(Problem):
     limit: int
 
 
+@strawberry.type(
+    description="`expectedVersion` was not the product's version (someone changed it since "
+    "it was read): nothing was done. `actualVersion` is the version now."
+)
+class VersionConflict(Problem):
+    sku: str
+    expected_version: int
+    actual_version: int
+
+
+@strawberry.type(description="A stock count below the units reserved: nothing was done.")
+class QuantityBelowReserved(Problem):
+    sku: str
+    quantity: int
+    reserved: int
+
+
+@strawberry.type(description="adjustStocks applied every adjustment.")
+class AdjustedProducts:
+    products: list[Product] = strawberry.field(
+        description="The products after the adjustments, in sku order."
+    )
+
+
 ReserveResult = Annotated[
     Reservation
     | InsufficientStock
@@ -106,8 +130,18 @@ ExtendResult = Annotated[
     strawberry.union("ExtendResult"),
 ]
 ProductResult = Annotated[
-    Product | ProductNotFound | ProductExists | InvalidInput,
+    Product
+    | ProductNotFound
+    | ProductExists
+    | InvalidInput
+    | VersionConflict
+    | QuantityBelowReserved
+    | IdempotencyKeyReused,
     strawberry.union("ProductResult"),
+]
+BulkAdjustResult = Annotated[
+    AdjustedProducts | ProductNotFound | InvalidInput | VersionConflict | IdempotencyKeyReused,
+    strawberry.union("BulkAdjustResult"),
 ]
 
 
@@ -117,6 +151,19 @@ def _product_not_found(problem: models.ProductNotFound) -> ProductNotFound:
 
 def _invalid_input(problem: models.InvalidInput) -> InvalidInput:
     return InvalidInput(message=problem.message, field=problem.field)
+
+
+def _version_conflict(problem: models.VersionConflict) -> VersionConflict:
+    return VersionConflict(
+        message=problem.message,
+        sku=problem.sku,
+        expected_version=problem.expected_version,
+        actual_version=problem.actual_version,
+    )
+
+
+def _key_reused(problem: models.IdempotencyKeyReused) -> IdempotencyKeyReused:
+    return IdempotencyKeyReused(message=problem.message, idempotency_key=problem.idempotency_key)
 
 
 def _purchase_limit_exceeded(problem: models.PurchaseLimitExceeded) -> PurchaseLimitExceeded:
@@ -195,5 +242,32 @@ def product_result(outcome: models.ProductOutcome) -> ProductResult:
             return ProductExists(message=outcome.message, sku=outcome.sku)
         case models.InvalidInput():
             return _invalid_input(outcome)
+        case models.VersionConflict():
+            return _version_conflict(outcome)
+        case models.QuantityBelowReserved():
+            return QuantityBelowReserved(
+                message=outcome.message,
+                sku=outcome.sku,
+                quantity=outcome.quantity,
+                reserved=outcome.reserved,
+            )
+        case models.IdempotencyKeyReused():
+            return _key_reused(outcome)
+        case _:
+            assert_never(outcome)
+
+
+def bulk_adjust_result(outcome: models.BulkAdjustOutcome) -> BulkAdjustResult:
+    match outcome:
+        case models.AdjustedProducts():
+            return AdjustedProducts(products=[Product.from_domain(p) for p in outcome.products])
+        case models.ProductNotFound():
+            return _product_not_found(outcome)
+        case models.InvalidInput():
+            return _invalid_input(outcome)
+        case models.VersionConflict():
+            return _version_conflict(outcome)
+        case models.IdempotencyKeyReused():
+            return _key_reused(outcome)
         case _:
             assert_never(outcome)

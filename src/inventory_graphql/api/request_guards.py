@@ -110,6 +110,8 @@ class Limits:
     max_variable_values: int
     max_variable_depth: int
     query_timeout_seconds: float | None = None  # None: queries run as long as they take
+    # For admin callers (operators, not shoppers): a bulk write's variables are larger.
+    admin_variable_values: int = 0
 
 
 @dataclass
@@ -231,9 +233,10 @@ class RequestGuards(SchemaExtension):
                 f"the limit is {limits.max_fields}.",
                 extensions={"code": "QUERY_TOO_COMPLEX"},
             )
-        values, problem = variable_values(
-            context.variables, limits.max_variable_values, limits.max_variable_depth
-        )
+        max_values = limits.max_variable_values
+        if getattr(context.context, "is_admin", False):
+            max_values = max(max_values, limits.admin_variable_values)
+        values, problem = variable_values(context.variables, max_values, limits.max_variable_depth)
         if problem:
             return GraphQLError(problem, extensions={"code": "VARIABLES_TOO_LARGE"})
         cost, refusal = self._priced(entry)

@@ -32,13 +32,16 @@ class Caller:
 
     buyer: str | None = None
     admin: bool = False
+    # The name of the admin token used (INVENTORY_ADMIN_TOKENS; INVENTORY_ADMIN_TOKEN's is
+    # "admin"): ledger rows and stock events of its writes carry it. None for non-admins.
+    actor: str | None = None
 
     def owns(self, buyer: str | None) -> bool:
         return self.admin or buyer == self.buyer
 
 
 ANONYMOUS = Caller()
-ADMIN = Caller(admin=True)
+ADMIN = Caller(admin=True, actor="admin")
 
 
 @dataclass(frozen=True)
@@ -168,10 +171,62 @@ class InvalidInput:
 @dataclass(frozen=True)
 class IdempotencyKeyReused:
     idempotency_key: str
+    used_for: str = "a reservation with other lines"  # what the key was used for first
 
     @property
     def message(self) -> str:
-        return "This idempotency key was already used for a reservation with other lines."
+        return f"This idempotency key was already used for {self.used_for}."
+
+
+@dataclass(frozen=True)
+class VersionConflict:
+    """expectedVersion was not the product's version: someone changed it since."""
+
+    sku: str
+    expected_version: int
+    actual_version: int
+
+    @property
+    def message(self) -> str:
+        return (
+            f"{self.sku} is at version {self.actual_version}, not {self.expected_version}: "
+            "it changed since you read it; nothing was done."
+        )
+
+
+@dataclass(frozen=True)
+class QuantityBelowReserved:
+    """A stock count below what shoppers hold: holds must be released first."""
+
+    sku: str
+    quantity: int
+    reserved: int
+
+    @property
+    def message(self) -> str:
+        return (
+            f"Cannot set {self.sku} to {self.quantity}: {self.reserved} are reserved. "
+            "Release holds first; nothing was done."
+        )
+
+
+@dataclass(frozen=True)
+class StockAdjustment:
+    """One product's change in adjustStock(s): `delta` units, compared and set against
+    `expected_version` when given."""
+
+    sku: str
+    delta: int
+    reason: str
+    expected_version: int | None = None
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class AdjustedProducts:
+    """adjustStocks applied every adjustment: the products after, in sku order."""
+
+    products: tuple[Product, ...]
 
 
 @dataclass(frozen=True)
@@ -277,4 +332,15 @@ ResolveOutcome = Reservation | ReservationNotFound | ReservationNotPending | Inv
 ExtendOutcome = (
     Reservation | ReservationNotFound | ReservationNotPending | HoldLimitReached | InvalidInput
 )
-ProductOutcome = Product | ProductNotFound | ProductExists | InvalidInput
+ProductOutcome = (
+    Product
+    | ProductNotFound
+    | ProductExists
+    | InvalidInput
+    | VersionConflict
+    | QuantityBelowReserved
+    | IdempotencyKeyReused
+)
+BulkAdjustOutcome = (
+    AdjustedProducts | ProductNotFound | InvalidInput | VersionConflict | IdempotencyKeyReused
+)

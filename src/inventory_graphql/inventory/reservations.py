@@ -202,10 +202,12 @@ WITH line AS (
     FROM line
     WHERE l.reservation_id = line.reservation_id AND l.product_id = line.product_id
 ), movement AS (
-    -- One closing ledger row per line; a confirm also takes the units off the stock.
-    INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reservation_id)
+    -- One closing ledger row per line; a confirm also takes the units off the stock. An
+    -- admin's confirm or release names the admin ($4; NULL for everyone else).
+    INSERT INTO stock_movement
+        (product_id, kind, quantity_delta, reserved_delta, reservation_id, actor)
     SELECT product_id, $2::movement_kind, CASE WHEN $3 THEN -quantity ELSE 0 END, -quantity,
-           reservation_id
+           reservation_id, $4::text
     FROM line
 ), per_product AS (
     -- One update per product, however many of these holds it is in.
@@ -226,10 +228,18 @@ _MOVEMENT_OF = {
 }
 
 
-async def settle(conn: Connection, ids: Sequence[uuid.UUID], status: ReservationStatus) -> None:
-    """Apply the stock side of holds that have just left PENDING for `status`."""
+async def settle(
+    conn: Connection,
+    ids: Sequence[uuid.UUID],
+    status: ReservationStatus,
+    actor: str | None = None,
+) -> None:
+    """Apply the stock side of holds that have just left PENDING for `status` (`actor`:
+    the admin who ended them, if one did)."""
     await conn.execute(LOCK_PRODUCTS_OF, ids)
-    await conn.execute(SETTLE, ids, _MOVEMENT_OF[status], status is ReservationStatus.CONFIRMED)
+    await conn.execute(
+        SETTLE, ids, _MOVEMENT_OF[status], status is ReservationStatus.CONFIRMED, actor
+    )
 
 
 # Hold control (extend, partial confirm and release) first locks the hold's row: every
@@ -268,8 +278,10 @@ WITH part AS (
     WHERE l.reservation_id = $1 AND l.product_id = part.product_id
     RETURNING l.product_id, part.quantity
 ), movement AS (
-    INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reservation_id)
-    SELECT product_id, $5::movement_kind, CASE WHEN $4 THEN -quantity ELSE 0 END, -quantity, $1
+    INSERT INTO stock_movement
+        (product_id, kind, quantity_delta, reserved_delta, reservation_id, actor)
+    SELECT product_id, $5::movement_kind, CASE WHEN $4 THEN -quantity ELSE 0 END, -quantity, $1,
+           $6::text
     FROM line
 )
 UPDATE product p
@@ -543,7 +555,7 @@ class Reservations:
         async def resolve(conn: Connection) -> None:
             status = await conn.fetchval(RESOLVE, rid, target.value, caller.admin, caller.buyer)
             if status is not None:
-                await settle(conn, [rid], ReservationStatus(status))
+                await settle(conn, [rid], ReservationStatus(status), caller.actor)
 
         await in_transaction(self._pool, resolve)
         reservation = await self.get(reservation_id, caller)
@@ -626,11 +638,12 @@ class Reservations:
                 [line.quantity for line in lines],
                 confirming,
                 "CONFIRM" if confirming else "RELEASE",
+                caller.actor,
             )
             if confirming:
                 # The rest of the hold goes back in the same transaction.
                 await conn.execute(END, rid, ReservationStatus.CONFIRMED.value)
-                await settle(conn, [rid], ReservationStatus.RELEASED)
+                await settle(conn, [rid], ReservationStatus.RELEASED, caller.actor)
             elif sum(held.values()) == sum(line.quantity for line in lines):
                 await conn.execute(END, rid, ReservationStatus.RELEASED.value)
             return await self._read(conn, rid)

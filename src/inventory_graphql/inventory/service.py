@@ -15,7 +15,8 @@ from typing import Protocol
 import asyncpg
 
 from inventory_graphql.config import Settings
-from inventory_graphql.inventory import stock_events, validation
+from inventory_graphql.inventory import admin_writes, stock_events, validation
+from inventory_graphql.inventory.admin_writes import AdminWrites
 from inventory_graphql.inventory.catalog import Catalog
 from inventory_graphql.inventory.coalescer import ReservationCoalescer
 from inventory_graphql.inventory.contention import Contention
@@ -23,7 +24,9 @@ from inventory_graphql.inventory.errors import Busy
 from inventory_graphql.inventory.event_retention import Pruner
 from inventory_graphql.inventory.give_back import GiveBack
 from inventory_graphql.inventory.models import (
+    ADMIN,
     ANONYMOUS,
+    BulkAdjustOutcome,
     BuyerRequired,
     Caller,
     ExtendOutcome,
@@ -34,6 +37,7 @@ from inventory_graphql.inventory.models import (
     Reservation,
     ReserveOutcome,
     ResolveOutcome,
+    StockAdjustment,
     WaitlistEntry,
     WaitlistOutcome,
 )
@@ -81,6 +85,7 @@ class InventoryService:
         self._pool = pool
         self._settings = settings
         self._catalog = Catalog(pool)
+        self._admin_writes = AdminWrites(pool)
         self._waitlist = Waitlist(pool)
         self._queue_reads = QueueReads(pool)
         self._reservations = Reservations(
@@ -129,6 +134,7 @@ class InventoryService:
                 await running.enter_async_context(self._coalescer.running())
             if sweep:
                 await running.enter_async_context(self._sweeper.running())
+                await running.enter_async_context(self._admin_writes.running())
                 await running.enter_async_context(self._pruner.running())
             yield self
 
@@ -258,11 +264,54 @@ class InventoryService:
             return invalid
         return await self._catalog.create_product(sku, name, quantity)
 
-    async def adjust_stock(self, sku: str, delta: int, reason: str) -> ProductOutcome:
-        """Restock (positive delta) or write off (negative); never below what is held."""
-        if invalid := validation.check_adjustment(sku, delta, reason):
+    async def adjust_stock(
+        self,
+        sku: str,
+        delta: int,
+        reason: str,
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+        reference: str | None = None,
+        caller: Caller = ADMIN,
+    ) -> ProductOutcome:
+        """Restock (positive delta) or write off (negative); never below what is held.
+        With `expected_version`, only if the product is at that version; with a key,
+        once per key of the caller (admin_writes.py)."""
+        adjustment = StockAdjustment(sku, delta, reason, expected_version, reference)
+        if invalid := admin_writes.check_adjustments([adjustment], idempotency_key, single=True):
             return invalid
-        return await self._catalog.adjust_stock(sku, delta, reason)
+        return await self._admin_writes.adjust(adjustment, idempotency_key, caller.actor)
+
+    async def set_stock(
+        self,
+        sku: str,
+        quantity: int,
+        reason: str,
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+        reference: str | None = None,
+        caller: Caller = ADMIN,
+    ) -> ProductOutcome:
+        """A warehouse count: the quantity set (never below what is held), its delta in
+        the ledger as a SET row."""
+        args = (sku, quantity, reason, expected_version, reference, idempotency_key)
+        if invalid := admin_writes.check_set(*args):
+            return invalid
+        return await self._admin_writes.set(*args, caller.actor)
+
+    async def adjust_stocks(
+        self,
+        adjustments: Sequence[StockAdjustment],
+        idempotency_key: str | None = None,
+        *,
+        caller: Caller = ADMIN,
+    ) -> BulkAdjustOutcome:
+        """Up to admin_writes.MAX_ADJUSTMENTS products, all or nothing."""
+        if invalid := admin_writes.check_adjustments(adjustments, idempotency_key, single=False):
+            return invalid
+        return await self._admin_writes.adjust_many(adjustments, idempotency_key, caller.actor)
 
     async def set_purchase_limit(self, sku: str, per_buyer: int | None) -> ProductOutcome:
         """Units of `sku` one buyer may hold plus have bought; None removes the limit.
