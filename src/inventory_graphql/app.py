@@ -40,6 +40,7 @@ from inventory_graphql.logs import configure_logging
 from inventory_graphql.metrics import Metrics, Reading
 from inventory_graphql.request_id import RequestIdMiddleware
 from inventory_graphql.state import AppState
+from inventory_graphql.webhooks.service import WebhookService
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,7 @@ def create_app(
             async with pool.acquire() as conn:
                 await migrate(conn)
             service = InventoryService(pool, settings, on_batch=metrics.batch_sizes.observe)
+            webhooks = WebhookService(pool, database_url, settings)
             listener = ReconnectingPostgresBackend(database_url)
             broadcast = await stack.enter_async_context(Broadcast(backend=listener))
             hub = AvailabilityHub(broadcast, service.products)
@@ -206,10 +208,12 @@ def create_app(
                     **_readings(service, hub, listener),
                     **reservation_hub.readings(),
                     **_client_limit_readings(limits, budget),
+                    **webhooks.readings(),
                 }
             )
             stack.callback(metrics.unwatch)
             await stack.enter_async_context(service.running())
+            await stack.enter_async_context(webhooks.running())
             await stack.enter_async_context(hub.running())
             await stack.enter_async_context(reservation_hub.running())
             if on_started is not None:
@@ -223,6 +227,7 @@ def create_app(
                 renderings=Renderings() if settings.direct_delivery else None,
                 client_limits=limits,
                 cost_budget=budget,
+                webhooks=webhooks,
             )
 
     # The manifest is checked before anything starts (ManifestError: `serve` exits 2).

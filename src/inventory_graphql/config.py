@@ -18,6 +18,8 @@ from typing import Any, Literal, TypeVar
 
 import platformdirs
 
+from inventory_graphql.webhooks.destinations import AllowedHosts
+
 T = TypeVar("T")
 LogFormat = Literal["text", "json"]
 
@@ -249,6 +251,39 @@ class Settings:
     )
     # Open stockEvents subscriptions per server process (each reads pages from the pool).
     max_feed_subscriptions: int = _setting("INVENTORY_MAX_FEED_SUBSCRIPTIONS", 16, _integer(1))
+    # Webhooks (webhooks/): delivery of the stock event feed to HTTP endpoints. Off: no
+    # process delivers (endpoints keep their place in the feed and resume when it is on).
+    webhooks: bool = _setting("INVENTORY_WEBHOOKS", True, _switch)
+    # Destinations webhooks may reach: host, host:port, *.domain, comma-separated. Unset:
+    # any host whose addresses are all public (no loopback, private, link-local...).
+    webhook_allowed_hosts: AllowedHosts = _setting(
+        "INVENTORY_WEBHOOK_ALLOWED_HOSTS", AllowedHosts(), AllowedHosts.parse
+    )
+    webhook_max_endpoints: int = _setting("INVENTORY_WEBHOOK_MAX_ENDPOINTS", 20, _integer(1, 100))
+    # Events per message: a flash sale is a few requests a second, not thousands.
+    webhook_batch_size: int = _setting("INVENTORY_WEBHOOK_BATCH_SIZE", 100, _integer(1, 1000))
+    # A message failing for longer than this marks its endpoint FAILING (still retried,
+    # every webhook_retry_max_seconds); retries back off exponentially up to that cap.
+    webhook_max_age_seconds: float = _setting(
+        "INVENTORY_WEBHOOK_MAX_AGE_SECONDS", 86_400.0, _number(0, above=True)
+    )
+    webhook_retry_max_seconds: float = _setting(
+        "INVENTORY_WEBHOOK_RETRY_MAX_SECONDS", 600.0, _number(0, above=True)
+    )
+    webhook_connect_timeout_seconds: float = _setting(
+        "INVENTORY_WEBHOOK_CONNECT_TIMEOUT_SECONDS", 5.0, _number(0, above=True)
+    )
+    webhook_read_timeout_seconds: float = _setting(
+        "INVENTORY_WEBHOOK_READ_TIMEOUT_SECONDS", 10.0, _number(0, above=True)
+    )
+    webhook_timeout_seconds: float = _setting(
+        "INVENTORY_WEBHOOK_TIMEOUT_SECONDS", 15.0, _number(0, above=True)
+    )
+    # How often a process looks for endpoints to deliver to (new ones, and ones whose
+    # process died): also how soon another process takes over.
+    webhook_poll_seconds: float = _setting(
+        "INVENTORY_WEBHOOK_POLL_SECONDS", 5.0, _number(0, above=True)
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

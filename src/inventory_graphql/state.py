@@ -14,6 +14,7 @@ from inventory_graphql.live.hub import AvailabilityHub
 from inventory_graphql.live.listener import ReconnectingPostgresBackend
 from inventory_graphql.live.reservation_watch import ReservationHub
 from inventory_graphql.metrics import Metrics
+from inventory_graphql.webhooks.service import WebhookService
 
 
 class AppState(TypedDict):
@@ -28,6 +29,7 @@ class AppState(TypedDict):
     client_limits: ClientLimits
     # Per-client cost budgets of every GraphQL operation, for this process.
     cost_budget: CostBudget
+    webhooks: WebhookService  # endpoints, and this process's deliveries
 
 
 def app_state(connection: HTTPConnection) -> AppState:

@@ -45,6 +45,12 @@ from inventory_graphql.api.subscriptions import MAX_SKUS, Subscription
 from inventory_graphql.api.trusted_documents import Manifest
 from inventory_graphql.api.types import Product, Reservation, ReserveLineInput
 from inventory_graphql.api.waitlist import WaitlistMutation, WaitlistQuery, WaitlistSubscription
+from inventory_graphql.api.webhooks import (
+    FAILURES_SHOWN,
+    PRICED_ENDPOINTS,
+    WebhooksMutation,
+    WebhooksQuery,
+)
 from inventory_graphql.config import Settings
 from inventory_graphql.inventory import validation
 from inventory_graphql.inventory.models import LineRequest
@@ -102,6 +108,12 @@ PRICES = {
     ("StockEventConnection", "edges"): Price(most=2),
     ("Mutation", "setLowStockThreshold"): Price(each=READ),
     ("Subscription", "stockEvents"): Price(each=READ),
+    # Webhooks (api/webhooks.py): one read each; the list reads every endpoint's state.
+    ("Mutation", "createWebhook"): Price(each=READ),
+    ("Mutation", "deleteWebhook"): Price(each=READ),
+    ("Query", "webhooks"): Price(each=READ, most=PRICED_ENDPOINTS),
+    ("Webhook", "recentFailures"): Price(most=FAILURES_SHOWN),
+    ("Webhook", "kinds"): Price(most=20),
 }
 T = TypeVar("T")
 
@@ -239,8 +251,10 @@ class Mutation:
 
 
 # The root types with the waiting list's fields (api/waitlist.py) after their own.
-QueryRoot = merge_types("Query", (Query, WaitlistQuery, StockEventsQuery))
-MutationRoot = merge_types("Mutation", (Mutation, WaitlistMutation, StockEventsMutation))
+QueryRoot = merge_types("Query", (Query, WaitlistQuery, StockEventsQuery, WebhooksQuery))
+MutationRoot = merge_types(
+    "Mutation", (Mutation, WaitlistMutation, StockEventsMutation, WebhooksMutation)
+)
 SubscriptionRoot = merge_types(
     "Subscription", (Subscription, WaitlistSubscription, StockEventsSubscription)
 )

@@ -1,0 +1,1 @@
+"""Webhooks: the stock event feed delivered to HTTP endpoints, signed (Standard Webhooks)."""
