@@ -131,6 +131,7 @@ async def test_every_event_reaches_its_endpoints_in_order_through_a_kill(
             assert state[everything["id"]]["deliveredEvents"] == len(got_all)
             assert state[everything["id"]]["status"] == "ACTIVE"
             assert state[everything["id"]]["lag"] == 0
+            assert state[everything["id"]]["createdBy"] == "admin"
             # The survivor delivers now.
             assert await own_db.fetchval(LOCK_HOLDER, int(everything["id"])) is not None
     finally:
