@@ -336,3 +336,30 @@ async def test_delivery_resumes_after_its_database_connection_is_killed(
                 await load
             await assert_all_delivered(own_db, receiver, "/cut", webhook)
             assert (await webhooks(client))[webhook["id"]]["status"] == "ACTIVE"
+
+
+async def test_an_endpoint_behind_the_feeds_retention_is_disabled_not_skipped(
+    own_database: str, own_db: asyncpg.Connection, receiver: Receiver
+) -> None:
+    """Events an endpoint has not delivered are pruned (a retention of under 2 s while
+    its receiver fails): the endpoint is disabled, saying why, instead of delivering the
+    feed with a hole in it."""
+    env = server_env(
+        own_database,
+        receiver,
+        INVENTORY_EVENT_RETENTION_HOURS="0.0005",
+        INVENTORY_EVENT_PRUNE_INTERVAL_SECONDS="0.5",
+    )
+    with ServerProcess(env) as server:
+        async with graphql_client(server.url) as client:
+            webhook = await create_webhook(client, receiver, "/behind")
+            await receiver.control("/behind", mode="fail")
+            sku = await product(client, 10)
+            await churn(client, sku, 6)
+            async with asyncio.timeout(20):
+                while (state := (await webhooks(client))[webhook["id"]])["status"] != "DISABLED":
+                    await churn(client, sku, 1)  # newer events let the pruner take older ones
+                    await asyncio.sleep(0.3)
+            assert "pruned" in state["disabledReason"]
+            # Every request it got failed: nothing was acknowledged, nothing skipped.
+            assert all(r["status"] == 500 for r in receiver.requests("/behind"))
