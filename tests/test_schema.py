@@ -24,7 +24,14 @@ def test_public_contract_names_are_present():
         "release(id: ID!, lines: [ReserveLineInput!]): ResolveResult!",
         "extendReservation(id: ID!, ttlSeconds: Int!): ExtendResult!",
         "createProduct(sku: String!, name: String!, quantity: Int!): ProductResult!",
-        "adjustStock(sku: String!, delta: Int!, reason: String!): ProductResult!",
+        "adjustStock(sku: String!, delta: Int!, reason: String!, idempotencyKey: String, "
+        "expectedVersion: Int, reference: String): ProductResult!",
+        "setStock(sku: String!, quantity: Int!, reason: String!, expectedVersion: Int, "
+        "idempotencyKey: String, reference: String): ProductResult!",
+        "adjustStocks(adjustments: [StockAdjustmentInput!]!, idempotencyKey: String): "
+        "BulkAdjustResult!",
+        "type VersionConflict implements Problem {\n  message: String!\n  sku: String!\n"
+        "  expectedVersion: Int!\n  actualVersion: Int!\n}",
         "setPurchaseLimit(sku: String!, perBuyer: Int): ProductResult!",
         "product(sku: String!): Product",
         "products(skus: [String!], first: Int = 100): [Product!]!",

@@ -176,6 +176,7 @@ def create_app(
         admin=settings.admin_token,
         storefront=settings.storefront_token,
         buyers=BuyerTokens(secret) if secret is not None else None,
+        named_admins=settings.admin_tokens,
     )
 
     @contextlib.asynccontextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -93,6 +94,32 @@ def _secret_key(raw: str) -> str:
     return raw
 
 
+ADMIN_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+MIN_NAMED_ADMIN_TOKEN = 16
+AdminTokens = tuple[tuple[str, str], ...]  # (name, token)
+
+
+def _admin_tokens(raw: str) -> AdminTokens:
+    # The name of each admin token goes into the ledger and the stock events as `actor`.
+    # Errors name the entry by its place only: a mistyped entry may be all token.
+    accepts = (
+        "name:token pairs separated by commas, each name 1-64 characters of A-Z a-z 0-9 "
+        f". _ @ - (not `admin`, INVENTORY_ADMIN_TOKEN's), each token at least "
+        f"{MIN_NAMED_ADMIN_TOKEN} characters without spaces or commas, names and tokens unique"
+    )
+    pairs: list[tuple[str, str]] = []
+    for place, entry in enumerate(raw.split(","), 1):
+        name, colon, token = entry.strip().partition(":")
+        if not colon or not ADMIN_NAME.fullmatch(name) or name == "admin":
+            raise ValueError(f"{accepts} (entry {place}: its name)")
+        if len(token) < MIN_NAMED_ADMIN_TOKEN or any(c.isspace() for c in token):
+            raise ValueError(f"{accepts} (entry {place}: its token)")
+        if any(name == n or token == t for n, t in pairs):
+            raise ValueError(f"{accepts} (entry {place}: a name or token given twice)")
+        pairs.append((name, token))
+    return tuple(pairs)
+
+
 def _env_is_production(raw: str) -> bool:
     # Anything but "production" is a development setup (the README's documented values).
     value: str = _choice("production", "development")(raw)
@@ -170,6 +197,8 @@ class Settings:
     direct_delivery: bool = _setting("INVENTORY_DIRECT_DELIVERY", True, _switch)
     # None: `serve` generates one at start and prints it once; admin is never open.
     admin_token: str | None = _setting("INVENTORY_ADMIN_TOKEN", None, _text)
+    # More admins, each by name ("ann:<token>,bob:<token>"): their writes carry the name.
+    admin_tokens: AdminTokens = _setting("INVENTORY_ADMIN_TOKENS", (), _admin_tokens, secret=True)
     storefront_token: str | None = _setting("INVENTORY_STOREFRONT_TOKEN", None, _text)
     # None: /metrics is open to whoever reaches the port (keep it off the public network).
     metrics_token: str | None = _setting("INVENTORY_METRICS_TOKEN", None, _text)

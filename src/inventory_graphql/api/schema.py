@@ -16,6 +16,7 @@ from strawberry.extensions import (
 from strawberry.tools import merge_types
 
 from inventory_graphql.api import fields
+from inventory_graphql.api.admin_stock import AdminStockMutation
 from inventory_graphql.api.auth import IsAdmin
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.disconnect import unless_disconnected
@@ -53,6 +54,7 @@ from inventory_graphql.api.webhooks import (
 )
 from inventory_graphql.config import Settings
 from inventory_graphql.inventory import validation
+from inventory_graphql.inventory.admin_writes import MAX_ADJUSTMENTS
 from inventory_graphql.inventory.models import LineRequest
 from inventory_graphql.inventory.validation import MAX_LINES
 
@@ -65,6 +67,8 @@ MAX_FIELDS = 1000
 # Values in a request's variables (every list item and object field), and their nesting:
 # the largest real ones are a page of skus (1,000) and a 100-line cart (301 values, 3 deep).
 MAX_VARIABLE_VALUES = 2000
+# An admin's adjustStocks of 1,000 products: up to 6 values each (the item and its fields).
+ADMIN_VARIABLE_VALUES = 6 * MAX_ADJUSTMENTS + 100
 MAX_VARIABLE_DEPTH = 8
 # The cost limit and the queries' time budget (query_cost.py, request_guards.py): the
 # settings' defaults (INVENTORY_MAX_QUERY_COST, INVENTORY_QUERY_TIMEOUT_SECONDS).
@@ -94,6 +98,10 @@ PRICES = {
     ("Mutation", "createProduct"): Price(each=READ),
     ("Mutation", "adjustStock"): Price(each=READ),
     ("Mutation", "setPurchaseLimit"): Price(each=READ),
+    # Safe admin writes (api/admin_stock.py); adjustStocks answers up to 1,000 products.
+    ("Mutation", "setStock"): Price(each=READ),
+    ("Mutation", "adjustStocks"): Price(each=READ),
+    ("AdjustedProducts", "products"): Price(most=MAX_ADJUSTMENTS),
     # A stream: its first results, one per sku, are read together.
     ("Subscription", "availability"): Price(each=READ, most=MAX_SKUS, bounded_by=("skus",)),
     ("Subscription", "reservation"): Price(each=READ),
@@ -232,13 +240,6 @@ class Mutation:
         return product_result(await info.context.service.create_product(sku, name, quantity))
 
     @fields.mutation(
-        description="Restock (positive delta) or write off (negative). Needs the admin token.",
-        permission_classes=[IsAdmin],
-    )
-    async def adjust_stock(self, info: Info, sku: str, delta: int, reason: str) -> ProductResult:
-        return product_result(await info.context.service.adjust_stock(sku, delta, reason))
-
-    @fields.mutation(
         description="Units of `sku` one buyer may hold plus have bought (1 up); null removes "
         "the limit. Holds and purchases made before a lower limit stand. Needs the admin token.",
         permission_classes=[IsAdmin],
@@ -253,7 +254,8 @@ class Mutation:
 # The root types with the waiting list's fields (api/waitlist.py) after their own.
 QueryRoot = merge_types("Query", (Query, WaitlistQuery, StockEventsQuery, WebhooksQuery))
 MutationRoot = merge_types(
-    "Mutation", (Mutation, WaitlistMutation, StockEventsMutation, WebhooksMutation)
+    "Mutation",
+    (Mutation, AdminStockMutation, WaitlistMutation, StockEventsMutation, WebhooksMutation),
 )
 SubscriptionRoot = merge_types(
     "Subscription", (Subscription, WaitlistSubscription, StockEventsSubscription)
@@ -301,6 +303,7 @@ def build_schema(
         max_tokens=MAX_TOKENS,
         max_fields=MAX_FIELDS,
         max_variable_values=MAX_VARIABLE_VALUES,
+        admin_variable_values=ADMIN_VARIABLE_VALUES,
         max_variable_depth=MAX_VARIABLE_DEPTH,
         query_timeout_seconds=query_timeout_seconds,
     )
