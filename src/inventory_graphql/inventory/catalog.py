@@ -1,4 +1,4 @@
-"""Products and their stock: reading, creating, restocking."""
+"""Products and their stock: reading, creating, limits (restocks: admin_writes.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,12 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from inventory_graphql.database import Connection
-from inventory_graphql.inventory import validation
 from inventory_graphql.inventory.models import (
-    InvalidInput,
     Product,
     ProductExists,
     ProductNotFound,
     ProductOutcome,
 )
-from inventory_graphql.inventory.transactions import in_transaction
 
 # Every statement returns a product's columns in this order (Product.from_row reads them).
 SELECT_BY_SKUS = """
@@ -50,7 +46,9 @@ WITH created AS (
 SELECT sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting FROM created
 """
 
-# The bound check happens in the WHERE clause, under the row lock: never read-then-write.
+# A restock in one statement, the bound checked in the WHERE clause under the row lock. The
+# service's admin writes (admin_writes.py) lock first and compare versions; this plain form
+# is what an operator types into psql, and tests do the same.
 ADJUST = """
 WITH adjusted AS (
     -- Stock may not fall below what is held, nor rise above validation.MAX_STOCK (the
@@ -95,32 +93,6 @@ class Catalog:
         """Inputs are valid (the service checked them)."""
         row = await self._pool.fetchrow(CREATE, sku, name, quantity)
         return Product.from_row(row) if row else ProductExists(sku)
-
-    async def adjust_stock(self, sku: str, delta: int, reason: str) -> ProductOutcome:
-        """Inputs are valid (the service checked them)."""
-
-        async def adjust(conn: Connection) -> ProductOutcome:
-            row = await conn.fetchrow(ADJUST, sku, delta, reason)
-            if row and row["waiting"] > 0:
-                # The statement's own row is from before its trigger served the queue:
-                # answer the product as the transaction leaves it (offers included).
-                row = await conn.fetchrow(SELECT_ONE, sku)
-            if row:
-                return Product.from_row(row)
-            # Nothing changed; read only to explain why.
-            current = await conn.fetchrow(SELECT_ONE, sku)
-            if current is None:
-                return ProductNotFound(sku)
-            product = Product.from_row(current)
-            if product.quantity + delta < product.reserved:
-                return InvalidInput(
-                    "delta",
-                    f"would leave quantity {product.quantity + delta} below the "
-                    f"{product.reserved} reserved",
-                )
-            return InvalidInput("delta", f"would take quantity above {validation.MAX_STOCK:,}")
-
-        return await in_transaction(self._pool, adjust)
 
     async def set_purchase_limit(self, sku: str, per_buyer: int | None) -> ProductOutcome:
         """Inputs are valid (the service checked them)."""
