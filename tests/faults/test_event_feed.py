@@ -163,7 +163,14 @@ async def rollbacks(database: str, until: float) -> int:
                 await asyncio.sleep(rng.random() * 0.05)  # open across others' commits
                 await tx.rollback()
                 done += 1
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        # A connection cut mid-statement (the PostgreSQL restart) can also leave asyncpg's
+        # protocol mid-operation: InternalClientError ("cannot switch to state ...").
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+        ):
             await asyncio.sleep(0.2)
         finally:
             with contextlib.suppress(Exception):
