@@ -152,7 +152,10 @@ async def run(
             endpoint = None
             if webhook:
                 receiver_url = stack.enter_context(webhooks.receiver())
-                extra["after"] = webhooks.server_env(receiver_url)
+                extra["after"] = {
+                    **webhooks.server_env(receiver_url),
+                    "PYTHONPATH": paths["after"],
+                }
                 admin = server_env(coalesce)["INVENTORY_ADMIN_TOKEN"]
                 setup_env = {
                     **server_env(coalesce),
