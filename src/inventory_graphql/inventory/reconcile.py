@@ -153,11 +153,12 @@ ABOVE_LOWERED_LIMIT = _ABOVE_LIMIT + "SELECT count(*) FROM above WHERE NOT since
 
 
 # The stock event feed (migration 008) against the ledger: every ledger row since the
-# feed's origin has its event (same id, product, kind as mapped, deltas, hold, reason,
-# reference, actor), and every event but a threshold crossing has its ledger row. Pruning
-# (inventory/stock_events.py) deletes a product's events oldest first and keeps its
-# latest, so a ledger row without its event is a problem unless pruning has run and the
-# row is older than the product's oldest event kept. Crossings carry no deltas.
+# feed's origin has its event (same id, product, kind as stock_event_kind_of maps it,
+# deltas, hold, reason, reference, actor), and every event but a threshold crossing has
+# its ledger row. Pruning (inventory/stock_events.py) deletes a product's events oldest
+# first and keeps its latest, so a ledger row without its event is a problem unless
+# pruning has run and the row is older than the product's oldest event kept. Crossings
+# carry no deltas.
 EVENTS_OFF_LEDGER = """
 WITH crossing(kind) AS (
     VALUES ('LOW_STOCK'::stock_event_kind), ('OUT_OF_STOCK'), ('BACK_IN_STOCK')
@@ -176,12 +177,7 @@ LEFT JOIN oldest_kept k ON k.product_id = m.product_id
 WHERE m.id > o.movement_id
   AND CASE WHEN e.id IS NULL THEN NOT (pruning.ran AND (k.id IS NULL OR m.id < k.id))
       ELSE e.product_id <> m.product_id
-        OR e.kind::text <> CASE m.kind::text
-               WHEN 'CREATE' THEN 'CREATED' WHEN 'ADJUST' THEN 'ADJUSTED' WHEN 'SET' THEN 'SET'
-               WHEN 'RESERVE' THEN CASE WHEN m.reason = 'waiting list' THEN 'OFFERED'
-                                        ELSE 'RESERVED' END
-               WHEN 'CONFIRM' THEN 'CONFIRMED' WHEN 'RELEASE' THEN 'RELEASED'
-               WHEN 'EXPIRE' THEN 'EXPIRED' END
+        OR e.kind IS DISTINCT FROM stock_event_kind_of(m.kind, m.reason)
         OR (e.quantity_delta, e.reserved_delta) <> (m.quantity_delta, m.reserved_delta)
         OR e.reservation_id IS DISTINCT FROM m.reservation_id
         OR e.reason IS DISTINCT FROM m.reason

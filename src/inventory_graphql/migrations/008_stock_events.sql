@@ -51,6 +51,22 @@ CREATE TYPE stock_event_kind AS ENUM (
     'LOW_STOCK', 'OUT_OF_STOCK', 'BACK_IN_STOCK'
 );
 
+-- The event kind of a ledger row (a waiting-list offer's hold is OFFERED). One SQL
+-- expression, inlined where it is called.
+CREATE FUNCTION stock_event_kind_of(kind movement_kind, reason text) RETURNS stock_event_kind
+LANGUAGE sql STABLE AS $$
+    SELECT (CASE kind::text
+                WHEN 'CREATE' THEN 'CREATED'
+                WHEN 'ADJUST' THEN 'ADJUSTED'
+                WHEN 'SET' THEN 'SET'
+                WHEN 'RESERVE' THEN CASE WHEN reason = 'waiting list' THEN 'OFFERED'
+                                         ELSE 'RESERVED' END
+                WHEN 'CONFIRM' THEN 'CONFIRMED'
+                WHEN 'RELEASE' THEN 'RELEASED'
+                WHEN 'EXPIRE' THEN 'EXPIRED'
+            END)::stock_event_kind
+$$;
+
 -- No foreign keys: an event is derived from rows that have them (and a foreign key check
 -- per row would cost every reservation a trigger call).
 CREATE TABLE stock_event (
@@ -99,16 +115,7 @@ CREATE FUNCTION stock_event_capture(products bigint[]) RETURNS void LANGUAGE sql
                              quantity, reserved, version, reservation_id, reason, reference,
                              actor, occurred_at)
     SELECT m.id, greatest(pg_current_xact_id(), p.feed_key), m.product_id,
-           (CASE m.kind::text
-                WHEN 'CREATE' THEN 'CREATED'
-                WHEN 'ADJUST' THEN 'ADJUSTED'
-                WHEN 'SET' THEN 'SET'
-                WHEN 'RESERVE' THEN CASE WHEN m.reason = 'waiting list' THEN 'OFFERED'
-                                         ELSE 'RESERVED' END
-                WHEN 'CONFIRM' THEN 'CONFIRMED'
-                WHEN 'RELEASE' THEN 'RELEASED'
-                WHEN 'EXPIRE' THEN 'EXPIRED'
-            END)::stock_event_kind,
+           stock_event_kind_of(m.kind, m.reason),
            m.quantity_delta, m.reserved_delta,
            p.quantity - coalesce(sum(m.quantity_delta) OVER later, 0),
            p.reserved - coalesce(sum(m.reserved_delta) OVER later, 0),
@@ -139,16 +146,7 @@ BEGIN
                              quantity, reserved, version, reservation_id, reason, reference,
                              actor, occurred_at)
     SELECT m.id, k.feed_key, m.product_id,
-           (CASE m.kind::text
-                WHEN 'CREATE' THEN 'CREATED'
-                WHEN 'ADJUST' THEN 'ADJUSTED'
-                WHEN 'SET' THEN 'SET'
-                WHEN 'RESERVE' THEN CASE WHEN m.reason = 'waiting list' THEN 'OFFERED'
-                                         ELSE 'RESERVED' END
-                WHEN 'CONFIRM' THEN 'CONFIRMED'
-                WHEN 'RELEASE' THEN 'RELEASED'
-                WHEN 'EXPIRE' THEN 'EXPIRED'
-            END)::stock_event_kind,
+           stock_event_kind_of(m.kind, m.reason),
            m.quantity_delta, m.reserved_delta,
            k.quantity - coalesce(sum(m.quantity_delta) OVER later, 0),
            k.reserved - coalesce(sum(m.reserved_delta) OVER later, 0),
