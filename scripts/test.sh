@@ -24,4 +24,5 @@ else
     echo "npm not found: skipped the JS lint/format gate (scripts/demo-lint/package.json)" >&2
 fi
 .venv/bin/mypy  # strict on src, relaxed on tests and bench (pyproject.toml [tool.mypy])
-.venv/bin/pytest "$@"
+# Two worker processes (pytest-xdist; INVENTORY_TEST_WORKERS=0 runs in this process).
+.venv/bin/pytest -n "${INVENTORY_TEST_WORKERS:-2}" "$@"
