@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -98,3 +99,25 @@ def make_product(db: asyncpg.Connection):
         return sku
 
     return make
+
+
+@pytest.fixture
+async def own_database(postgres_url: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test alone; dropped afterwards (fault and
+    webhook tests kill connections by database and lock rows: nothing else is touched)."""
+    url = await create_database(postgres_url)
+    yield url
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        name = urlsplit(url).path.lstrip("/")
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def own_db(own_database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to that database, for the test's own reads."""
+    conn = await asyncpg.connect(own_database, command_timeout=60)
+    yield conn
+    await conn.close()

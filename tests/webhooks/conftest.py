@@ -9,18 +9,16 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 import pytest
 
 from inventory_graphql.testing.server import ServerProcess, free_port
-from tests.support.database import create_database
 from tests.support.graphql_http import SERVER_ENV
 from tests.support.paths import ROOT
 
@@ -85,26 +83,6 @@ WEBHOOK_ENV = {
     "INVENTORY_WEBHOOK_READ_TIMEOUT_SECONDS": "2",
     "INVENTORY_WEBHOOK_TIMEOUT_SECONDS": "3",
 }
-
-
-@pytest.fixture
-async def own_database(postgres_url: str) -> AsyncIterator[str]:
-    """A fresh, migrated database for this test alone; dropped afterwards."""
-    url = await create_database(postgres_url)
-    yield url
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        name = urlsplit(url).path.lstrip("/")
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def own_db(own_database: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(own_database, command_timeout=60)
-    yield conn
-    await conn.close()
 
 
 class Receiver:
