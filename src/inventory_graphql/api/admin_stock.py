@@ -3,8 +3,6 @@ Composed into the Mutation root in schema.py; the rules are in inventory/admin_w
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 import strawberry
 from strawberry import UNSET
 
@@ -20,7 +18,6 @@ from inventory_graphql.api.outcomes import (
 from inventory_graphql.inventory import models
 
 Info = strawberry.Info[Context, None]
-T = TypeVar("T")
 
 _SAFE = (
     " `expectedVersion`: only if the product is at that version (else VersionConflict, "
@@ -40,13 +37,12 @@ class StockAdjustmentInput:
 
     def to_domain(self) -> models.StockAdjustment:
         return models.StockAdjustment(
-            self.sku, self.delta, self.reason, _given(self.expected_version), _given(self.reference)
+            self.sku,
+            self.delta,
+            self.reason,
+            fields.given(self.expected_version),
+            fields.given(self.reference),
         )
-
-
-def _given(value: T | None) -> T | None:
-    """Arguments are declared without a default (as in the contract): absent means None."""
-    return None if value is UNSET else value
 
 
 @strawberry.type
@@ -71,9 +67,9 @@ class AdminStockMutation:
                 sku,
                 delta,
                 reason,
-                expected_version=_given(expected_version),
-                idempotency_key=_given(idempotency_key),
-                reference=_given(reference),
+                expected_version=fields.given(expected_version),
+                idempotency_key=fields.given(idempotency_key),
+                reference=fields.given(reference),
                 caller=info.context.caller,
             )
         )
@@ -98,9 +94,9 @@ class AdminStockMutation:
                 sku,
                 quantity,
                 reason,
-                expected_version=_given(expected_version),
-                idempotency_key=_given(idempotency_key),
-                reference=_given(reference),
+                expected_version=fields.given(expected_version),
+                idempotency_key=fields.given(idempotency_key),
+                reference=fields.given(reference),
                 caller=info.context.caller,
             )
         )
@@ -120,7 +116,7 @@ class AdminStockMutation:
         return bulk_adjust_result(
             await info.context.service.adjust_stocks(
                 [a.to_domain() for a in adjustments],
-                _given(idempotency_key),
+                fields.given(idempotency_key),
                 caller=info.context.caller,
             )
         )

@@ -15,6 +15,7 @@ import strawberry
 from strawberry.permission import BasePermission
 
 Resolver = TypeVar("Resolver", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def field(*, description: str) -> Callable[[Resolver], Resolver]:
@@ -32,3 +33,8 @@ def mutation(
 
 def subscription(*, description: str) -> Callable[[Resolver], Resolver]:
     return cast(Callable[[Resolver], Resolver], strawberry.subscription(description=description))
+
+
+def given(value: T | None) -> T | None:
+    """Arguments are declared without a default (as in the contract): absent means None."""
+    return None if value is strawberry.UNSET else value

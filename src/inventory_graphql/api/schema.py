@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 import graphql
 import strawberry
@@ -123,7 +123,6 @@ PRICES = {
     ("Webhook", "recentFailures"): Price(most=FAILURES_SHOWN),
     ("Webhook", "kinds"): Price(most=20),
 }
-T = TypeVar("T")
 
 
 def _requests(lines: list[ReserveLineInput]) -> list[LineRequest]:
@@ -131,13 +130,8 @@ def _requests(lines: list[ReserveLineInput]) -> list[LineRequest]:
 
 
 def _line_requests(lines: list[ReserveLineInput] | None) -> list[LineRequest] | None:
-    given = _given(lines)
+    given = fields.given(lines)
     return None if given is None else _requests(given)
-
-
-def _given(value: T | None) -> T | None:
-    """Arguments are declared without a default (as in the contract): absent means None."""
-    return None if value is UNSET else value
 
 
 @strawberry.type
@@ -162,7 +156,7 @@ class Query:
             raise bad_input(f"skus: at most {MAX_PAGE}")
         if skus and (malformed := [sku for sku in skus if validation.check_sku(sku)]):
             raise bad_input(f"skus: malformed {', '.join(map(repr, malformed[:10]))}")
-        found = await info.context.service.products(_given(skus), first)
+        found = await info.context.service.products(fields.given(skus), first)
         return [Product.from_domain(p) for p in found]
 
     @fields.field(description="A reservation by id; null when unknown or malformed.")
@@ -186,8 +180,8 @@ class Mutation:
             info.context.request,
             info.context.service.reserve(
                 requested,
-                _given(ttl_seconds),
-                _given(idempotency_key),
+                fields.given(ttl_seconds),
+                fields.given(idempotency_key),
                 caller=info.context.caller,
             ),
         )
@@ -247,7 +241,7 @@ class Mutation:
     async def set_purchase_limit(
         self, info: Info, sku: str, per_buyer: int | None = UNSET
     ) -> ProductResult:
-        limit = _given(per_buyer)  # absent, as null, removes the limit
+        limit = fields.given(per_buyer)  # absent, as null, removes the limit
         return product_result(await info.context.service.set_purchase_limit(sku, limit))
 
 
