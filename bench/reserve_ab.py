@@ -103,6 +103,7 @@ async def run(
     clients_list: list[int],
     coalesce: str = "on",
     webhook: bool = False,
+    separate: bool = False,
 ) -> ReserveABResult:
     started = time.time()
     results: dict[str, list[ABPoint]] = {version: [] for version in VERSIONS}
@@ -126,20 +127,21 @@ async def run(
         # One database for both, unless the versions' triggers differ: with --webhook each
         # version writes to a database its own migrations made (the feed's triggers cannot
         # be turned off).
+        separate = separate or webhook
         urls["before"] = (
             await migrated_by(before_src, server, f"{DATABASE}_before")
-            if webhook
+            if separate
             else urls["after"]
         )
         conns = {"after": await asyncpg.connect(urls["after"])}
-        conns["before"] = await asyncpg.connect(urls["before"]) if webhook else conns["after"]
+        conns["before"] = await asyncpg.connect(urls["before"]) if separate else conns["after"]
         conn = conns["after"]
         try:
             settings = await postgres_settings(conn)
             migrations = await applied_migrations(conn)
             print(f"database {DATABASE}; PostgreSQL {settings['server_version']}", flush=True)
             print(f"migrations (this checkout): {', '.join(migrations)}", flush=True)
-            if webhook:
+            if separate:
                 before_migrations = await applied_migrations(conns["before"])
                 print(f"migrations (before): {', '.join(before_migrations)}", flush=True)
             print(f"before: {describe(before_ref)}", flush=True)
@@ -172,7 +174,7 @@ async def run(
                 for load, clients, version in itertools.product(loads, clients_list, order):
                     repeat += 1
                     env = {**server_env(coalesce), **extra[version], "PYTHONPATH": paths[version]}
-                    if webhook:
+                    if separate:
                         os.environ["PYTHONPATH"] = paths[version]  # `check` of its own
                     try:
                         point = await measure(
@@ -250,6 +252,12 @@ def main() -> None:
         "every stock event to a webhook endpoint (a receiver process), checked at the end",
     )
     parser.add_argument(
+        "--separate-databases",
+        action="store_true",
+        help="each version on a database its own migrations made (implied by --webhook): "
+        "to compare across a migration without a webhook endpoint",
+    )
+    parser.add_argument(
         "--per-request",
         action="store_true",
         help="measure the per-request path (INVENTORY_COALESCE_RESERVATIONS=off) instead",
@@ -280,12 +288,13 @@ def main() -> None:
             args.clients,
             "off" if args.per_request else "on",
             args.webhook,
+            args.separate_databases,
         )
     )
     print_ab_points(result)
     print_ab_stock(result)
     print_ab_summary(result)
-    name = "events_ab" if args.webhook else "reserve_ab"
+    name = "events_ab" if args.webhook else "feed_ab" if args.separate_databases else "reserve_ab"
     print(f"\nsaved {save(name, result)}")
     exit_unless_ok(result, "a verdict failed or a point could not be measured")
 

@@ -131,12 +131,20 @@ async def _backlog_drains(service, pool, db, make_product):
             INSERT INTO reservation_line (reservation_id, product_id, quantity)
             SELECT r.id, p.id, 1 FROM r, product p WHERE p.sku = $1
             RETURNING reservation_id, product_id, quantity
-        ), m AS (
-            INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta,
-                                        reservation_id)
-            SELECT product_id, 'RESERVE', 0, quantity, reservation_id FROM l
+        ), u AS (
+            UPDATE product SET reserved = reserved + $2 WHERE sku = $1
+            RETURNING id, quantity, reserved, version,
+                      greatest(pg_current_xact_id(), feed_key) AS feed_key
         )
-        UPDATE product SET reserved = reserved + $2 WHERE sku = $1
+        -- Many ledger rows of one product in one statement: each with its own numbers and
+        -- place in the feed, as grant_singles writes them (migration 011).
+        INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta,
+                                    reservation_id, feed_key, quantity_after, reserved_after,
+                                    version_after)
+        SELECT l.product_id, 'RESERVE', 0, l.quantity, l.reservation_id, u.feed_key, u.quantity,
+               u.reserved - $2 + row_number() OVER (ORDER BY l.reservation_id), u.version
+        FROM l JOIN u ON u.id = l.product_id
+        ORDER BY l.reservation_id
         """,
         hot,
         BACKLOG,

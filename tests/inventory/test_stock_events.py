@@ -346,7 +346,7 @@ async def test_thresholds_fire_exactly_once_per_crossing_under_concurrent_load(
     assert report.ok, report.problems
 
 
-async def test_pruning_moves_the_horizon_and_keeps_each_products_latest_event(
+async def test_pruning_moves_the_horizon_deletes_crossings_and_keeps_the_ledger(
     postgres_url, make_product
 ):
     from tests.support.database import create_database
@@ -360,27 +360,25 @@ async def test_pruning_moves_the_horizon_and_keeps_each_products_latest_event(
         await conn.fetchrow(CREATE, a, "a", 3)
         await conn.fetchrow(CREATE, b, "b", 3)
         assert await conn.fetchrow(ADJUST, a, 1, "more")
+        assert await conn.fetchrow(ADJUST, b, -3, "gone")  # and OUT_OF_STOCK
+        ledger = await conn.fetch("SELECT * FROM stock_movement ORDER BY id")
         now = datetime.now(UTC)
         assert await stock_events.prune(conn, now, 2) == 2  # two, in feed order
         edge = await stock_events.horizon(conn)
-        assert await stock_events.prune(conn, now, 1000) == 1
+        assert await stock_events.prune(conn, now, 1000) == 3
         last = await stock_events.horizon(conn)
         assert edge < last
         expired = await stock_events.read_after(conn, stock_events.START, 10)
         assert isinstance(expired, stock_events.Expired) and expired.horizon == last
         assert await stock_events.read_after(conn, last, 10) == []
-        # a's CREATED went; each product's latest stays (below the horizon).
-        kept = await conn.fetch("SELECT kind::text FROM stock_event ORDER BY id")
-        assert [r["kind"] for r in kept] == ["CREATED", "ADJUSTED"]
-        # A new change is one new event: the pruned ledger rows are not captured again.
+        # The crossing went; the ledger stays, every row as it was.
+        assert await conn.fetchval("SELECT count(*) FROM stock_crossing") == 0
+        assert await conn.fetch("SELECT * FROM stock_movement ORDER BY id") == ledger
+        # A new change is new events only.
         assert await conn.fetchrow(ADJUST, b, 1, "again")
         fresh = await stock_events.read_after(conn, last, 10)
         assert not isinstance(fresh, stock_events.Expired)
-        assert [(e.kind, e.quantity) for e in fresh] == [("ADJUSTED", 4)]
-        # Once past it too, b's older kept event goes; each product's latest stays.
-        assert await stock_events.prune(conn, datetime.now(UTC), 1000) == 1
-        kept = await conn.fetch("SELECT kind::text, quantity FROM stock_event ORDER BY id")
-        assert [tuple(r) for r in kept] == [("ADJUSTED", 4), ("ADJUSTED", 4)]
+        assert [(e.kind, e.quantity) for e in fresh] == [("ADJUSTED", 1), ("BACK_IN_STOCK", 1)]
         report = await check(conn)
         assert report.ok, report.problems
     finally:
@@ -400,20 +398,31 @@ async def test_check_reports_a_feed_that_does_not_match_its_ledger(postgres_url)
             assert await conn.fetchrow(ADJUST, sku, 1, "more")
         assert (await check(conn)).ok
         ids = [r["id"] for r in await conn.fetch("SELECT id FROM stock_event ORDER BY id")]
-        await conn.execute("UPDATE stock_event SET quantity = quantity + 1 WHERE id = $1", ids[1])
+        # What an operator (or a bug) could do to the ledger behind the service's back.
+        await conn.execute("ALTER TABLE stock_movement DISABLE TRIGGER stock_movement_append_only")
+        await conn.execute(
+            "UPDATE stock_movement SET quantity_after = quantity_after + 1 WHERE id = $1", ids[1]
+        )
         problems = (await check(conn)).problems
         assert any("stock events: event" in p and f"event {ids[1]} " in p for p in problems)
-        await conn.execute("DELETE FROM stock_event WHERE id = $1", ids[2])
-        problems = (await check(conn)).problems
-        assert any(f"ledger row {ids[2]} (ADJUST) has no event" in p for p in problems)
-        await conn.execute(
-            "INSERT INTO stock_event SELECT id + 1000, feed_key, product_id, kind, "
-            "quantity_delta, reserved_delta, quantity, reserved, version, reservation_id, "
-            "reason, reference, actor, occurred_at FROM stock_event WHERE id = $1",
+        await conn.execute("ALTER TABLE stock_movement DISABLE TRIGGER stock_movement_feed")
+        unplaced = await conn.fetchval(
+            "INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, "
+            "reason) SELECT product_id, 'ADJUST', 0, 0, 'x' FROM stock_movement WHERE id = $1 "
+            "RETURNING id",
             ids[0],
         )
         problems = (await check(conn)).problems
-        assert any(f"event {ids[0] + 1000} (CREATED) has no ledger row" in p for p in problems)
+        assert any(
+            f"ledger row {unplaced} (ADJUST) has no place in the feed" in p for p in problems
+        )
+        await conn.execute(
+            "INSERT INTO stock_crossing SELECT id, feed_key, product_id, 'LOW_STOCK', "
+            "quantity, reserved, version, occurred_at FROM stock_event WHERE id = $1",
+            ids[2],
+        )
+        problems = (await check(conn)).problems
+        assert any(f"crossing {ids[2]} (LOW_STOCK) has a ledger row's id" in p for p in problems)
     finally:
         await conn.close()
 

@@ -76,11 +76,14 @@ WITH item AS (
     FROM item i
     WHERE p.sku = i.sku AND p.quantity + i.delta BETWEEN p.reserved AND 1000000000
       AND (i.expected_version IS NULL OR p.version = i.expected_version)
-    RETURNING p.id, i.delta, i.reason, i.reference, {_PRODUCT.replace("sku", "p.sku", 1)}
+    RETURNING p.id, i.delta, i.reason, i.reference, {_PRODUCT.replace("sku", "p.sku", 1)},
+              greatest(pg_current_xact_id(), p.feed_key) AS feed_key
 ), movement AS (
     INSERT INTO stock_movement
-        (product_id, kind, quantity_delta, reserved_delta, reason, reference, actor)
-    SELECT id, 'ADJUST', delta, 0, reason, reference, $6 FROM adjusted ORDER BY sku
+        (product_id, kind, quantity_delta, reserved_delta, reason, reference, actor,
+         feed_key, quantity_after, reserved_after, version_after)
+    SELECT id, 'ADJUST', delta, 0, reason, reference, $6, feed_key, quantity, reserved, version
+    FROM adjusted ORDER BY sku
 )
 SELECT {_PRODUCT} FROM adjusted ORDER BY sku
 """
@@ -92,11 +95,13 @@ WITH counted AS (
     UPDATE product p SET quantity = $2
     WHERE p.sku = $1 AND $2 BETWEEN p.reserved AND 1000000000
       AND ($3::bigint IS NULL OR p.version = $3)
-    RETURNING p.id, new.quantity - old.quantity AS delta, {_PRODUCT.replace("sku", "p.sku", 1)}
+    RETURNING p.id, new.quantity - old.quantity AS delta, {_PRODUCT.replace("sku", "p.sku", 1)},
+              greatest(pg_current_xact_id(), p.feed_key) AS feed_key
 ), movement AS (
     INSERT INTO stock_movement
-        (product_id, kind, quantity_delta, reserved_delta, reason, reference, actor)
-    SELECT id, 'SET', delta, 0, $4, $5, $6 FROM counted
+        (product_id, kind, quantity_delta, reserved_delta, reason, reference, actor,
+         feed_key, quantity_after, reserved_after, version_after)
+    SELECT id, 'SET', delta, 0, $4, $5, $6, feed_key, quantity, reserved, version FROM counted
 )
 SELECT {_PRODUCT} FROM counted
 """

@@ -37,11 +37,15 @@ WITH created AS (
     -- A sku that exists already inserts nothing, and then the ledger gets nothing.
     INSERT INTO product (sku, name, quantity) VALUES ($1, $2, $3)
     ON CONFLICT (sku) DO NOTHING
-    RETURNING id, sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting
+    RETURNING id, sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting,
+              feed_key
 ), movement AS (
     -- The opening stock is the product's first ledger row, in the same statement.
-    INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reason)
-    SELECT id, 'CREATE', quantity, 0, 'created' FROM created
+    -- With its numbers and place in the feed (migration 011).
+    INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reason,
+                                feed_key, quantity_after, reserved_after, version_after)
+    SELECT id, 'CREATE', quantity, 0, 'created', feed_key, quantity, reserved, version
+    FROM created
 )
 SELECT sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting FROM created
 """
@@ -55,11 +59,13 @@ WITH adjusted AS (
     -- product table's CHECK holds the same number; a test checks all three agree).
     UPDATE product SET quantity = quantity + $2::bigint
     WHERE sku = $1 AND quantity + $2::bigint BETWEEN reserved AND 1000000000
-    RETURNING id, sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting
+    RETURNING id, sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting,
+              greatest(pg_current_xact_id(), feed_key) AS feed_key
 ), movement AS (
-    -- The ledger row, written only when the update happened.
-    INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reason)
-    SELECT id, 'ADJUST', $2, 0, $3 FROM adjusted
+    -- The ledger row, written only when the update happened, with the numbers after it.
+    INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reason,
+                                feed_key, quantity_after, reserved_after, version_after)
+    SELECT id, 'ADJUST', $2, 0, $3, feed_key, quantity, reserved, version FROM adjusted
 )
 SELECT sku, name, quantity, reserved, version, updated_at, purchase_limit, waiting FROM adjusted
 """

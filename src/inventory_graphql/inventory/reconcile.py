@@ -152,47 +152,18 @@ ABOVE_LIMIT = _ABOVE_LIMIT + "SELECT * FROM above WHERE since_set ORDER BY sku, 
 ABOVE_LOWERED_LIMIT = _ABOVE_LIMIT + "SELECT count(*) FROM above WHERE NOT since_set"
 
 
-# The stock event feed (migration 008) against the ledger: every ledger row since the
-# feed's origin has its event (same id, product, kind as stock_event_kind_of maps it,
-# deltas, hold, reason, reference, actor), and every event but a threshold crossing has
-# its ledger row. Pruning (inventory/stock_events.py) deletes a product's events oldest
-# first and keeps its latest, so a ledger row without its event is a problem unless
-# pruning has run and the row is older than the product's oldest event kept. Crossings
-# carry no deltas.
+# The stock event feed against the ledger (migration 011: the ledger is the feed): every
+# ledger row since the feed's origin has its place in the feed and its numbers (a writer
+# with the stock_movement_feed trigger disabled could leave them out), and a threshold
+# crossing never takes a ledger row's id.
 EVENTS_OFF_LEDGER = """
-WITH crossing(kind) AS (
-    VALUES ('LOW_STOCK'::stock_event_kind), ('OUT_OF_STOCK'), ('BACK_IN_STOCK')
-), pruning AS (
-    SELECT (h.feed_key, h.id) > ('0'::xid8, 0::bigint) AS ran FROM stock_event_horizon h
-), oldest_kept AS (
-    SELECT product_id, min(id) AS id FROM stock_event GROUP BY product_id
-)
-SELECT m.id, m.product_id, 'ledger row ' || m.id || ' (' || m.kind || ') ' ||
-       CASE WHEN e.id IS NULL THEN 'has no event'
-            ELSE 'differs from its event (' || e.kind || ')' END AS problem
-FROM stock_movement m
-CROSS JOIN stock_event_origin o CROSS JOIN pruning
-LEFT JOIN stock_event e ON e.id = m.id
-LEFT JOIN oldest_kept k ON k.product_id = m.product_id
-WHERE m.id > o.movement_id
-  AND CASE WHEN e.id IS NULL THEN NOT (pruning.ran AND (k.id IS NULL OR m.id < k.id))
-      ELSE e.product_id <> m.product_id
-        OR e.kind IS DISTINCT FROM stock_event_kind_of(m.kind, m.reason)
-        OR (e.quantity_delta, e.reserved_delta) <> (m.quantity_delta, m.reserved_delta)
-        OR e.reservation_id IS DISTINCT FROM m.reservation_id
-        OR e.reason IS DISTINCT FROM m.reason
-        OR e.reference IS DISTINCT FROM m.reference
-        OR e.actor IS DISTINCT FROM m.actor
-      END
+SELECT m.id, m.product_id, 'ledger row ' || m.id || ' (' || m.kind || ') has no place in the feed'
+       AS problem
+FROM stock_movement m CROSS JOIN stock_event_origin o
+WHERE m.id > o.movement_id AND m.feed_key IS NULL
 UNION ALL
-SELECT e.id, e.product_id,
-       'event ' || e.id || ' (' || e.kind || ') ' ||
-       CASE WHEN e.kind IN (SELECT kind FROM crossing) THEN 'is a crossing with deltas'
-            ELSE 'has no ledger row' END
-FROM stock_event e LEFT JOIN stock_movement m ON m.id = e.id
-WHERE CASE WHEN e.kind IN (SELECT kind FROM crossing)
-           THEN (e.quantity_delta, e.reserved_delta) <> (0, 0) OR m.id IS NOT NULL
-           ELSE m.id IS NULL END
+SELECT c.id, c.product_id, 'crossing ' || c.id || ' (' || c.kind || ') has a ledger row''s id'
+FROM stock_crossing c JOIN stock_movement m ON m.id = c.id
 ORDER BY 1
 LIMIT 100
 """
@@ -200,8 +171,8 @@ LIMIT 100
 # Per product, in id order (its commit order), the ledger events' numbers chain: each
 # one's quantity and reserved are the previous one's plus its deltas, versions and feed
 # keys never go down, and the newest shows the product's numbers now. A crossing carries
-# the numbers of the update that crossed (008 writes it at commit, after the other events
-# of its transaction), so it stands apart: its own numbers must show the crossing.
+# the numbers of the update that crossed (written at commit, after the other events of its
+# transaction), so it stands apart: its own numbers must show the crossing.
 EVENTS_UNCHAINED = """
 WITH ledger_events AS (
     SELECT e.*,
@@ -210,6 +181,7 @@ WITH ledger_events AS (
            row_number() OVER (PARTITION BY e.product_id ORDER BY e.id DESC) AS from_end
     FROM stock_event e
     WHERE e.kind NOT IN ('LOW_STOCK', 'OUT_OF_STOCK', 'BACK_IN_STOCK')
+      AND e.feed_key IS NOT NULL
     WINDOW w AS (PARTITION BY e.product_id ORDER BY e.id)
 )
 SELECT p.sku, x.id, x.kind::text AS kind,

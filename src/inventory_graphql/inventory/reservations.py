@@ -83,9 +83,13 @@ WITH line AS (
     SELECT $1, product_id, quantity FROM unnest($2::bigint[], $3::int[]) AS l(product_id, quantity)
     RETURNING product_id, quantity
 )
-INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reservation_id)
--- Its ledger rows, one per line, in the same statement.
-SELECT product_id, 'RESERVE', 0, quantity, $1 FROM line
+INSERT INTO stock_movement (product_id, kind, quantity_delta, reserved_delta, reservation_id,
+                            feed_key, quantity_after, reserved_after, version_after)
+-- Its ledger rows, one per line, in the same statement, with the numbers the lines' updates
+-- (earlier statements) left.
+SELECT l.product_id, 'RESERVE', 0, l.quantity, $1, greatest(pg_current_xact_id(), p.feed_key),
+       p.quantity, p.reserved, p.version
+FROM line l JOIN product p ON p.id = l.product_id
 """
 
 # Settles "was this request held?" after a fault. Inserting a VOID row with the request's
@@ -201,24 +205,37 @@ WITH line AS (
         released = l.released + CASE WHEN $3 THEN 0 ELSE line.quantity END
     FROM line
     WHERE l.reservation_id = line.reservation_id AND l.product_id = line.product_id
-), movement AS (
-    -- One closing ledger row per line; a confirm also takes the units off the stock. An
-    -- admin's confirm or release names the admin ($4; NULL for everyone else).
-    INSERT INTO stock_movement
-        (product_id, kind, quantity_delta, reserved_delta, reservation_id, actor)
-    SELECT product_id, $2::movement_kind, CASE WHEN $3 THEN -quantity ELSE 0 END, -quantity,
-           reservation_id, $4::text
-    FROM line
 ), per_product AS (
     -- One update per product, however many of these holds it is in.
     SELECT product_id, sum(quantity)::int AS quantity FROM line GROUP BY product_id
+), settled AS (
+    UPDATE product p
+    SET quantity = p.quantity - CASE WHEN $3 THEN pp.quantity ELSE 0 END,
+        reserved = p.reserved - pp.quantity,
+        updated_at = now()
+    FROM per_product pp
+    WHERE p.id = pp.product_id
+    RETURNING p.id, p.quantity, p.reserved, p.version,
+              greatest(pg_current_xact_id(), p.feed_key) AS feed_key, pp.quantity AS units
+), movement AS (
+    SELECT l.product_id, l.reservation_id, CASE WHEN $3 THEN -l.quantity ELSE 0 END AS delta,
+           l.quantity
+    FROM line l
 )
-UPDATE product p
-SET quantity = p.quantity - CASE WHEN $3 THEN pp.quantity ELSE 0 END,
-    reserved = p.reserved - pp.quantity,
-    updated_at = now()
-FROM per_product pp
-WHERE p.id = pp.product_id
+-- One closing ledger row per line; a confirm also takes the units off the stock. An admin's
+-- confirm or release names the admin ($4; NULL for everyone else). Each row's numbers are
+-- the product's after the update, less the rows after it (ids follow the ORDER BY).
+INSERT INTO stock_movement
+    (product_id, kind, quantity_delta, reserved_delta, reservation_id, actor,
+     feed_key, quantity_after, reserved_after, version_after)
+SELECT m.product_id, $2::movement_kind, m.delta, -m.quantity, m.reservation_id, $4::text,
+       s.feed_key,
+       s.quantity - CASE WHEN $3 THEN -s.units ELSE 0 END + sum(m.delta) OVER upto,
+       s.reserved + s.units - sum(m.quantity) OVER upto,
+       s.version
+FROM movement m JOIN settled s ON s.id = m.product_id
+WINDOW upto AS (PARTITION BY m.product_id ORDER BY m.reservation_id)
+ORDER BY m.product_id, m.reservation_id
 """
 
 _MOVEMENT_OF = {
@@ -277,19 +294,23 @@ WITH part AS (
     FROM part
     WHERE l.reservation_id = $1 AND l.product_id = part.product_id
     RETURNING l.product_id, part.quantity
-), movement AS (
-    INSERT INTO stock_movement
-        (product_id, kind, quantity_delta, reserved_delta, reservation_id, actor)
-    SELECT product_id, $5::movement_kind, CASE WHEN $4 THEN -quantity ELSE 0 END, -quantity, $1,
-           $6::text
+), moved AS (
+    UPDATE product p
+    SET quantity = p.quantity - CASE WHEN $4 THEN line.quantity ELSE 0 END,
+        reserved = p.reserved - line.quantity,
+        updated_at = now()
     FROM line
+    WHERE p.id = line.product_id
+    RETURNING p.id, p.quantity, p.reserved, p.version,
+              greatest(pg_current_xact_id(), p.feed_key) AS feed_key, line.quantity AS units
 )
-UPDATE product p
-SET quantity = p.quantity - CASE WHEN $4 THEN line.quantity ELSE 0 END,
-    reserved = p.reserved - line.quantity,
-    updated_at = now()
-FROM line
-WHERE p.id = line.product_id
+-- One ledger row per line (a hold has one line per product), with the numbers after it.
+INSERT INTO stock_movement
+    (product_id, kind, quantity_delta, reserved_delta, reservation_id, actor,
+     feed_key, quantity_after, reserved_after, version_after)
+SELECT id, $5::movement_kind, CASE WHEN $4 THEN -units ELSE 0 END, -units, $1, $6::text,
+       feed_key, quantity, reserved, version
+FROM moved
 """
 
 END = """

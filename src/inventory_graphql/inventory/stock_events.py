@@ -1,4 +1,4 @@
-"""The stock event feed: reading it in order, from a cursor (migration 008 writes it).
+"""The stock event feed: reading it in order, from a cursor (migrations 008 and 011).
 
 A cursor names an event's place in the feed: its feed_key and id ("<feed_key>.<id>").
 Clients treat it as opaque. Reading after a cursor returns only final events (of ended
@@ -32,45 +32,32 @@ HORIZON = "SELECT feed_key, id FROM stock_event_horizon"
 # Retention: one process prunes at a time (the others skip a round).
 PRUNE_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('inventory.event_prune'), 0)"
 
-# Deletes the feed's oldest final events older than $1, from the horizon on, at most $2
-# of them, as a prefix in feed order (it stops at the first event still inside the
-# retention), and moves the horizon to the end of that prefix in the same transaction: a
-# reader that checks the horizon after reading a page knows whether the page could have
-# lost events. Each product's latest event is kept (below the horizon, where no reader
-# looks) until the product has a later one: capture (migration 008) turns a product's
-# ledger rows after its latest event into events, so without one it would turn the
-# product's pruned rows into events again.
+# Moves the horizon past the feed's oldest final events older than $1, at most $2 of them,
+# as a prefix in feed order (it stops at the first event still inside the retention), and
+# deletes the threshold crossings it passed, in one transaction: a reader that checks the
+# horizon after reading a page knows whether the page could have lost events. The ledger
+# rows it passes stay (the ledger is never pruned: migration 011); readers start at the
+# horizon, and a cursor before it is expired.
 PRUNE = """
 WITH head AS (
-    SELECT e.feed_key, e.id, e.product_id,
+    SELECT e.feed_key, e.id,
            bool_and(e.occurred_at < $1) OVER (ORDER BY e.feed_key, e.id) AS old
-    FROM (SELECT s.feed_key, s.id, s.product_id, s.occurred_at
+    FROM (SELECT s.feed_key, s.id, s.occurred_at
           FROM stock_event s CROSS JOIN stock_event_horizon h
           WHERE (s.feed_key, s.id) > (h.feed_key, h.id)
             AND s.feed_key < pg_snapshot_xmin(pg_current_snapshot())
           ORDER BY s.feed_key, s.id LIMIT $2) AS e
-), gone AS (
-    DELETE FROM stock_event d USING head h
-    WHERE d.id = h.id AND h.old
-      AND EXISTS (SELECT 1 FROM stock_event later
-                  WHERE later.product_id = h.product_id AND later.id > h.id)
-    RETURNING d.id
-), superseded AS (
-    -- Latest events kept by earlier rounds that their product has since outgrown.
-    DELETE FROM stock_event d
-    WHERE d.id IN (SELECT s.id FROM stock_event s CROSS JOIN stock_event_horizon h
-                   WHERE (s.feed_key, s.id) <= (h.feed_key, h.id)
-                     AND EXISTS (SELECT 1 FROM stock_event later
-                                 WHERE later.product_id = s.product_id AND later.id > s.id)
-                   LIMIT $2)
-    RETURNING d.id
 ), last AS (
     SELECT feed_key, id FROM head WHERE old ORDER BY feed_key DESC, id DESC LIMIT 1
 ), moved AS (
     UPDATE stock_event_horizon h SET feed_key = last.feed_key, id = last.id, pruned_at = now()
     FROM last RETURNING h.id
+), gone AS (
+    DELETE FROM stock_crossing c USING last
+    WHERE (c.feed_key, c.id) <= (last.feed_key, last.id)
+    RETURNING c.id
 )
-SELECT (SELECT count(*) FROM gone) AS pruned,
+SELECT (SELECT count(*) FROM gone) AS crossings,
        (SELECT count(*) FROM head WHERE old) AS passed
 """
 
@@ -234,9 +221,9 @@ async def read_after(
 
 
 async def prune(conn: Connection, older_than: datetime, batch: int) -> int:
-    """Move the horizon past up to `batch` final events older than `older_than`, deleting
-    them (each product's latest is kept); how many it passed (0 also when another process
-    is pruning now)."""
+    """Move the horizon past up to `batch` final events older than `older_than` (deleting
+    the crossings among them); how many it passed (0 also when another process is pruning
+    now)."""
     async with conn.transaction():
         if not await conn.fetchval(PRUNE_LOCK):
             return 0

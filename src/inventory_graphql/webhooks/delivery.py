@@ -404,8 +404,9 @@ class WebhookWorker:
                 kinds,
                 message.events + 1,
             )
-            if len(events) != message.events:
-                # Retention pruned the message's events before it was delivered.
+            if len(events) != message.events or after < await self._db(horizon):
+                # Retention passed the message's events before it was delivered (the
+                # horizon moved past them; their ledger rows stay, their crossings go).
                 await self._disable(
                     message, f"events of message {message.id} were pruned before delivery"
                 )
