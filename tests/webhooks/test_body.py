@@ -36,6 +36,7 @@ async def test_a_message_body_carries_the_events_as_the_api_shows_them(
     assert any(e.occurred_at.microsecond == 0 for e in ours)
     last = events[-1].cursor
     row = await db.fetchrow(MESSAGE_EVENTS, *_key(start), *_key(last), None, len(events) + 1)
+    assert row is not None
     assert row["events"] == len(events)
     message = orjson.loads(body(row["json"], row["last_at"]))
     assert message == {
@@ -47,6 +48,7 @@ async def test_a_message_body_carries_the_events_as_the_api_shows_them(
     row = await db.fetchrow(
         MESSAGE_EVENTS, *_key(start), *_key(last), ["RELEASED"], len(events) + 1
     )
+    assert row is not None
     assert [e["kind"] for e in orjson.loads(row["json"])] == ["RELEASED"] * sum(
         e.kind == "RELEASED" for e in events
     )
