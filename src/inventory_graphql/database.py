@@ -48,8 +48,9 @@ def latest_migration() -> int:
     return migrations()[-1].version
 
 
-async def migrate(conn: Connection) -> list[Migration]:
-    """Apply the migrations not yet applied; return those it applied.
+async def migrate(conn: Connection, *, upto: int | None = None) -> list[Migration]:
+    """Apply the migrations not yet applied (up to version `upto`, if given: a database as
+    an older release left it, for upgrade tests); return those it applied.
 
     Safe when several processes start at once: they queue on an advisory lock and the
     later ones find nothing left to do.
@@ -65,7 +66,7 @@ async def migrate(conn: Connection) -> list[Migration]:
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migration")}
         applied = []
         for migration in migrations():
-            if migration.version in done:
+            if migration.version in done or (upto is not None and migration.version > upto):
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)
