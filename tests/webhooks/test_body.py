@@ -1,9 +1,10 @@
 """A webhook message's body, built by PostgreSQL (delivery.MESSAGE_EVENTS), carries each
-event exactly as the feed's API shows it (StockEvent.to_json): every field, null or not,
-and occurredAt as Python writes it, with and without a fraction of a second."""
+event exactly as the feed's API shows it (stockEvents over HTTP): every field, null or
+not, and occurredAt as the API writes it, with and without a fraction of a second."""
 
 from __future__ import annotations
 
+import aiohttp
 import asyncpg
 import orjson
 
@@ -11,11 +12,26 @@ from inventory_graphql.inventory import stock_events
 from inventory_graphql.inventory.catalog import ADJUST
 from inventory_graphql.inventory.models import LineRequest, Reservation
 from inventory_graphql.inventory.service import InventoryService
+from inventory_graphql.testing.server import ServerProcess
 from inventory_graphql.webhooks.delivery import MESSAGE_EVENTS, body
+from tests.support.graphql_http import ADMIN
+
+FIELDS = """
+cursor kind sku quantityDelta reservedDelta quantity reserved available version
+reservationId reason reference actor occurredAt
+"""
+PAGE = f"""
+query Page($after: String, $first: Int) {{
+  stockEvents(after: $after, first: $first) {{
+    __typename
+    ... on StockEventConnection {{ edges {{ node {{ {FIELDS} }} }} }}
+  }}
+}}
+"""
 
 
 async def test_a_message_body_carries_the_events_as_the_api_shows_them(
-    db: asyncpg.Connection, service: InventoryService, make_product
+    db: asyncpg.Connection, service: InventoryService, make_product, server: ServerProcess
 ) -> None:
     start = max(await stock_events.horizon(db), await _feed_end(db))
     sku = await make_product(5)
@@ -39,10 +55,11 @@ async def test_a_message_body_carries_the_events_as_the_api_shows_them(
     assert row is not None
     assert row["events"] == len(events)
     message = orjson.loads(body(row["json"], row["last_at"]))
+    shown = await api_events(server, start, len(events))
     assert message == {
         "type": "stock.events",
-        "timestamp": events[-1].occurred_at.isoformat(),
-        "data": {"events": [e.to_json() for e in events]},
+        "timestamp": shown[-1]["occurredAt"],
+        "data": {"events": shown},
     }
     # Only the kinds asked for.
     row = await db.fetchrow(
@@ -52,6 +69,20 @@ async def test_a_message_body_carries_the_events_as_the_api_shows_them(
     assert [e["kind"] for e in orjson.loads(row["json"])] == ["RELEASED"] * sum(
         e.kind == "RELEASED" for e in events
     )
+
+
+async def api_events(
+    server: ServerProcess, after: stock_events.Cursor, first: int
+) -> list[dict[str, object]]:
+    """The events after `after` as the feed's API answers them."""
+    query = {"query": PAGE, "variables": {"after": str(after), "first": first}}
+    async with (
+        aiohttp.ClientSession(server.url) as http,
+        http.post("/graphql", json=query, headers=ADMIN) as answer,
+    ):
+        page = (await answer.json())["data"]["stockEvents"]
+    assert page["__typename"] == "StockEventConnection", page
+    return [edge["node"] for edge in page["edges"]]
 
 
 async def _feed_end(db: asyncpg.Connection) -> stock_events.Cursor:

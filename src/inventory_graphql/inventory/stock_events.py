@@ -171,25 +171,6 @@ class StockEvent:
             row["occurred_at"],
         )
 
-    def to_json(self) -> dict[str, Any]:
-        """The event as the GraphQL type StockEvent shows it (webhook bodies carry this)."""
-        return {
-            "cursor": str(self.cursor),
-            "kind": self.kind,
-            "sku": self.sku,
-            "quantityDelta": self.quantity_delta,
-            "reservedDelta": self.reserved_delta,
-            "quantity": self.quantity,
-            "reserved": self.reserved,
-            "available": self.available,
-            "version": self.version,
-            "reservationId": None if self.reservation_id is None else str(self.reservation_id),
-            "reason": self.reason,
-            "reference": self.reference,
-            "actor": self.actor,
-            "occurredAt": self.occurred_at.isoformat(),
-        }
-
 
 async def read_page(conn: Connection, after: Cursor, limit: int) -> list[StockEvent]:
     """Up to `limit` final events after `after`, in feed order."""

@@ -89,8 +89,9 @@ SELECT feed_key, id, kind::text AS kind FROM stock_event_page($1::xid8, $2::bigi
 """
 # A message's events (all final: they were when it was fixed), in feed order, as the JSON
 # array its body carries: built by PostgreSQL, so the server passes the bytes on without
-# making an object per event (StockEvent.to_json's fields and formats; occurredAt as
-# Python's isoformat writes it). Also their count and the last one's time.
+# making an object per event (the GraphQL StockEvent's fields and formats; occurredAt as
+# Python's isoformat writes it, as the API does: tests/webhooks/test_body.py). Also their
+# count and the last one's time.
 MESSAGE_EVENTS = """
 WITH e AS (
     SELECT e.*, p.sku,
@@ -444,8 +445,9 @@ class WebhookWorker:
             await self._record(message, row["attempts"], attempt)
             if attempt.delivered and message.events < self._settings.webhook_batch_size:
                 # The feed had no full batch: the next message waits for the feed's end to
-                # move after this one was sent (a look every FEED_POLL_SECONDS), instead
-                # of carrying the few events that came meanwhile. Under load that makes
+                # be seen moving (a look every FEED_POLL_SECONDS; at once if a look while
+                # this one was out saw it move), instead of carrying the few events that
+                # came meanwhile. Under load that makes
                 # full messages (measured: 13 events a message at 800 events/s cost the
                 # server 21% of a core); idle, an event still leaves within about
                 # FEED_POLL_SECONDS.
