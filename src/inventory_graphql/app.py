@@ -209,7 +209,6 @@ def create_app(
                     **_readings(service, hub, listener),
                     **reservation_hub.readings(),
                     **_client_limit_readings(limits, budget),
-                    **webhooks.readings(),
                 }
             )
             stack.callback(metrics.unwatch)

@@ -1,5 +1,5 @@
-"""`inventory-graphql serve | migrate | check | export-schema | trusted-documents |
-buyer-token`."""
+"""`inventory-graphql serve | migrate | check | deliver-webhooks | export-schema |
+trusted-documents | buyer-token`."""
 
 from __future__ import annotations
 
@@ -69,10 +69,8 @@ async def _check(url: str, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
-    import uvicorn
-
-    from inventory_graphql.app import create_app
     from inventory_graphql.http_protocol import http_protocol
+    from inventory_graphql.webhooks.process import delivery_process
 
     if args.demo:
         asyncio.run(load_demo_catalog(url))
@@ -99,6 +97,24 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
     # Header size and count, read timeouts, connection caps (http_protocol.py); the file
     # limit is raised here, before workers start, so they inherit it.
     http = http_protocol(settings)
+    with contextlib.ExitStack() as stack:
+        if settings.webhooks:
+            # Webhooks go from a process of their own, niced (webhooks/process.py); the
+            # server processes (they read this environment too) deliver none.
+            stack.enter_context(delivery_process({"DATABASE_URL": url, "INVENTORY_WEBHOOKS": "on"}))
+            os.environ["INVENTORY_WEBHOOKS"] = "off"
+            settings = dataclasses.replace(settings, webhooks=False)
+        _run_uvicorn(args, settings, url, http)
+    return 0
+
+
+def _run_uvicorn(
+    args: argparse.Namespace, settings: Settings, url: str, http: type[asyncio.Protocol]
+) -> None:
+    import uvicorn
+
+    from inventory_graphql.app import create_app
+
     if args.workers == 1:
         # This process serves: once started, what startup built stays (frozen).
         app = create_app(settings, url, on_started=garbage_collection.tune)
@@ -113,7 +129,7 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
             ws_max_size=settings.max_ws_message_bytes,
             http=http,
         )
-        return 0
+        return
     # Worker processes build their own app (pool, listener, sweeper, coalescer) from the
     # environment; this process keeps the embedded PostgreSQL, if any, for all of them.
     os.environ["DATABASE_URL"] = url
@@ -130,7 +146,15 @@ def _serve(args: argparse.Namespace, settings: Settings, url: str) -> int:
         ws_max_size=settings.max_ws_message_bytes,
         http=http,
     )
-    return 0
+
+
+def _deliver_webhooks(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    from inventory_graphql.webhooks.process import deliver
+
+    if not settings.webhooks:
+        print("inventory-graphql: INVENTORY_WEBHOOKS is off: nothing to do", file=sys.stderr)
+        return 2
+    return asyncio.run(deliver(url, settings, args.parent))
 
 
 def _export_schema(args: argparse.Namespace) -> int:
@@ -226,6 +250,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     with_database("migrate", "apply database migrations")
     with_database("check", "reconcile stock with the ledger and the holds")
+    deliver = with_database(
+        "deliver-webhooks",
+        "deliver webhooks only (serve runs this in a process of its own; more instances "
+        "share the endpoints)",
+    )
+    deliver.add_argument("--parent", type=int, help=argparse.SUPPRESS)
     export = commands.add_parser("export-schema", help="print the GraphQL SDL")
     export.add_argument("--output", default="-")
     trusted = commands.add_parser(
@@ -284,4 +314,6 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_migrate(url))
         if args.command == "check":
             return asyncio.run(_check(url, settings))
+        if args.command == "deliver-webhooks":
+            return _deliver_webhooks(args, settings, url)
         return _serve(args, settings, url)

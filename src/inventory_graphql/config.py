@@ -313,6 +313,9 @@ class Settings:
     webhook_poll_seconds: float = _setting(
         "INVENTORY_WEBHOOK_POLL_SECONDS", 5.0, _number(0, above=True)
     )
+    # `serve` delivers from a process of its own, this much nicer (lower CPU priority)
+    # than its server processes: in a rush, reservations get the CPU first.
+    webhook_niceness: int = _setting("INVENTORY_WEBHOOK_NICENESS", 10, _integer(0, 19))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -1,7 +1,8 @@
 """Delivering the stock event feed to webhook endpoints: at-least-once, in feed order per
 endpoint, one process per endpoint at a time.
 
-Each server process runs one WebhookWorker (app.py's lifespan). While no endpoint exists it
+Each delivering process runs one WebhookWorker: `serve`'s delivery process (process.py),
+or an app process delivering itself (app.py's lifespan). While no endpoint exists it
 only asks the pool, every INVENTORY_WEBHOOK_POLL_SECONDS, whether one does. Then it opens
 a connection of its own (not a pool connection) and takes a session advisory lock per
 endpoint on it with pg_try_advisory_lock: the endpoints it gets are its own, one task
@@ -245,8 +246,6 @@ class WebhookWorker:
         self._feed_end: Cursor | None = None
         self._feed_moved = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
-        self.delivered_messages = 0  # for /metrics and tests
-        self.failed_attempts = 0
 
     @property
     def endpoints(self) -> int:
@@ -516,9 +515,7 @@ class WebhookWorker:
         cursors = (*_key(message.first), *_key(message.last))
         if attempt.delivered:
             await self._write(DELIVERED, message.endpoint, *cursors)
-            self.delivered_messages += 1
             return
-        self.failed_attempts += 1
         error = (attempt.error or "failed")[:500]
         if attempt.status == 410:
             await self._disable(message, "the endpoint answered 410 Gone", status=410)

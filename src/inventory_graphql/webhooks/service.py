@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import asyncpg
 
 from inventory_graphql.config import Settings
-from inventory_graphql.metrics import Reading
 from inventory_graphql.webhooks import signing, store
 from inventory_graphql.webhooks.delivery import WebhookWorker
 from inventory_graphql.webhooks.destinations import destination_refusal, malformed_url
@@ -77,28 +76,6 @@ class WebhookService:
             return
         async with self.worker.running():
             yield
-
-    def readings(self) -> dict[str, Reading]:
-        worker = self.worker
-        if worker is None:
-            return {}
-        return {
-            "inventory_webhook_endpoints": (
-                "gauge",
-                "webhook endpoints this process delivers to (holds the delivery lock of)",
-                lambda: worker.endpoints,
-            ),
-            "inventory_webhook_messages_delivered": (
-                "counter",
-                "webhook messages acknowledged (2xx) and recorded by this process",
-                lambda: worker.delivered_messages,
-            ),
-            "inventory_webhook_failed_attempts": (
-                "counter",
-                "webhook delivery attempts that failed (non-2xx, timeout, refused)",
-                lambda: worker.failed_attempts,
-            ),
-        }
 
     async def create(
         self, url: str, kinds: Sequence[str] | None, created_by: str | None
