@@ -186,6 +186,9 @@ async def run(
                         continue
                     results[version].append(point)
                     print(f"  {ab_progress(point)}", flush=True)
+                    if endpoint is not None and version == "after":
+                        lag = await webhooks.backlog(conn, endpoint)
+                        print(f"    webhook backlog when the server stopped: {lag} events")
             if endpoint is not None:
                 # The last after server has stopped: one more delivers what is left.
                 with serve(benches["after"], {**server_env(coalesce), **extra["after"]}):

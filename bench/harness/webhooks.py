@@ -124,6 +124,18 @@ async def caught_up(conn: asyncpg.Connection, endpoint: Endpoint, timeout: float
     }
 
 
+# Events after the endpoint's cursor: how far delivery lags (it yields the CPU in a rush).
+BACKLOG = """
+SELECT count(*) FROM stock_event e, webhook_endpoint w
+WHERE w.id = $1 AND (e.feed_key, e.id) > (w.feed_key, w.event_id)
+"""
+
+
+async def backlog(conn: asyncpg.Connection, endpoint: Endpoint) -> int:
+    """Events the endpoint has not had yet."""
+    return int(await conn.fetchval(BACKLOG, endpoint.id))
+
+
 def server_env(receiver_url: str) -> dict[str, str]:
     """The after servers' settings: the receiver's host allowed (it is on loopback)."""
     return {"INVENTORY_WEBHOOK_ALLOWED_HOSTS": receiver_url.removeprefix("http://")}
