@@ -1,8 +1,9 @@
 """CPU used per process group while a point runs, and waiting for a quiet machine.
 
 Groups: the pids a point names (server, load generator, subscribers, listener), the bench
-process itself, every `postgres` process, "machine" (all cores busy) and "other" (the
-machine less the groups: work that is not the benchmark's).
+process itself, every `postgres` process, the webhook receiver, `serve`'s webhook delivery
+process ("webhooks", apart from the server's other processes), "machine" (all cores busy)
+and "other" (the machine less the groups: work that is not the benchmark's).
 """
 
 from __future__ import annotations
@@ -31,8 +32,21 @@ def _cpu_seconds(pid: int) -> float | None:
     return float(times.user + times.system)
 
 
-def _postgres_pids() -> list[int]:
-    return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
+def _named_groups() -> list[tuple[str, int]]:
+    """Every `postgres` process, and the bench's webhook receiver (when one runs)."""
+    found = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if p.info["name"] == "postgres":
+            found.append(("postgres", p.pid))
+        elif "bench.harness.webhook_receiver" in (p.info["cmdline"] or ()):
+            found.append(("receiver", p.pid))
+    return found
+
+
+def _child_group(child: psutil.Process) -> str:
+    """`serve`'s webhook delivery process is a group of its own: it runs niced, beside
+    the server processes."""
+    return "webhooks" if "deliver-webhooks" in child.cmdline() else "server"
 
 
 @contextlib.asynccontextmanager
@@ -44,11 +58,13 @@ async def cpu_meter(pids: dict[str, int]) -> AsyncIterator[dict[str, float]]:
     ours = {"bench": os.getpid(), **pids}  # a later name for the same pid wins
 
     def sample() -> None:
-        groups = [*ours.items(), *(("postgres", pid) for pid in _postgres_pids())]
+        groups = [*ours.items(), *_named_groups()]
         if "server" in ours:  # `serve --workers N`: the workers are the server too
             with contextlib.suppress(psutil.Error):
                 children = psutil.Process(ours["server"]).children(recursive=True)
-                groups += [("server", child.pid) for child in children]
+                for child in children:
+                    with contextlib.suppress(psutil.Error):
+                        groups.append((_child_group(child), child.pid))
         for group, pid in groups:
             used = _cpu_seconds(pid)
             if used is not None:
