@@ -45,7 +45,7 @@ import asyncpg
 import orjson
 
 from inventory_graphql.config import Settings
-from inventory_graphql.inventory.stock_events import Cursor, horizon
+from inventory_graphql.inventory.stock_events import Cursor
 from inventory_graphql.webhooks import signing
 from inventory_graphql.webhooks.destinations import CheckedResolver, url_refusal
 
@@ -78,22 +78,33 @@ SELECT feed_key, id FROM stock_event
 WHERE feed_key < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY feed_key DESC, id DESC LIMIT 1
 """
-ENDPOINT = """
-SELECT id, url, kinds::text[] AS kinds, secret, status::text AS status,
-       feed_key, event_id, first_key, first_id, last_key, last_id, message_events, attempts,
-       greatest(extract(epoch FROM next_attempt_at - now()), 0)::float8 AS wait
-FROM webhook_endpoint WHERE id = $1
+# What a delivery task knows of its endpoint: read at its start and after a failure;
+# every other write answers it (RETURNING), so a message costs no read of it.
+ENDPOINT_STATE = """
+id, url, kinds::text[] AS kinds, secret, status::text AS status,
+feed_key, event_id, first_key, first_id, last_key, last_id, message_events, attempts,
+greatest(extract(epoch FROM next_attempt_at - now()), 0)::float8 AS wait
 """
-# The feed's next events after a cursor: where they are and their kinds, to fix a message.
-NEXT_EVENTS = """
-SELECT feed_key, id, kind::text AS kind FROM stock_event_page($1::xid8, $2::bigint, $3::int)
+ENDPOINT = f"SELECT {ENDPOINT_STATE} FROM webhook_endpoint WHERE id = $1"
+# Retention's horizon beside what is read, in one snapshot: the pruner moves it in the
+# transaction that deletes, so a read either has its events or sees the horizon past them.
+HORIZON = "SELECT feed_key FROM stock_event_horizon"
+HORIZON_ID = "SELECT id FROM stock_event_horizon"
+# The feed's next events after a cursor: where they are and their kinds, to fix a message
+# (no event: one row of NULLs, with the horizon).
+NEXT_EVENTS = f"""
+SELECT ({HORIZON}) AS horizon_key, ({HORIZON_ID}) AS horizon_id,
+       e.feed_key, e.id, e.kind::text AS kind
+FROM (SELECT 1) one
+LEFT JOIN LATERAL stock_event_page($1::xid8, $2::bigint, $3::int) e ON true
+ORDER BY e.feed_key, e.id
 """
 # A message's events (all final: they were when it was fixed), in feed order, as the JSON
 # array its body carries: built by PostgreSQL, so the server passes the bytes on without
 # making an object per event (the GraphQL StockEvent's fields and formats; occurredAt as
 # Python's isoformat writes it, as the API does: tests/webhooks/test_body.py). Also their
 # count and the last one's time.
-MESSAGE_EVENTS = """
+MESSAGE_EVENTS = f"""
 WITH e AS (
     SELECT e.*, p.sku,
            to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
@@ -107,7 +118,7 @@ WITH e AS (
     ORDER BY e.feed_key, e.id
     LIMIT $6
 )
-SELECT count(*) AS events,
+SELECT ({HORIZON}) AS horizon_key, ({HORIZON_ID}) AS horizon_id, count(*) AS events,
        (array_agg(e.at ORDER BY e.feed_key DESC, e.id DESC))[1] AS last_at,
        json_agg(json_build_object(
            'cursor', e.feed_key::text || '.' || e.id, 'kind', e.kind, 'sku', e.sku,
@@ -119,21 +130,21 @@ SELECT count(*) AS events,
 FROM e
 """
 # The writes: each names the state it moves from and checks this session's lock.
-FIX_MESSAGE = """
+FIX_MESSAGE = f"""
 UPDATE webhook_endpoint
 SET first_key = $4, first_id = $5, last_key = $6, last_id = $7, message_events = $8,
     attempts = 0, first_failure_at = NULL, next_attempt_at = NULL
 WHERE id = $1 AND feed_key = $2 AND event_id = $3 AND first_key IS NULL
   AND status <> 'DISABLED' AND webhook_lock_held(id)
-RETURNING id
+RETURNING {ENDPOINT_STATE}
 """
-PASS_OVER = """
+PASS_OVER = f"""
 UPDATE webhook_endpoint SET feed_key = $4, event_id = $5
 WHERE id = $1 AND feed_key = $2 AND event_id = $3 AND first_key IS NULL
   AND status <> 'DISABLED' AND webhook_lock_held(id)
-RETURNING id
+RETURNING {ENDPOINT_STATE}
 """
-DELIVERED = """
+DELIVERED = f"""
 UPDATE webhook_endpoint
 SET feed_key = last_key, event_id = last_id,
     first_key = NULL, first_id = NULL, last_key = NULL, last_id = NULL, message_events = NULL,
@@ -142,7 +153,7 @@ SET feed_key = last_key, event_id = last_id,
     status = 'ACTIVE'
 WHERE id = $1 AND first_key = $2 AND first_id = $3 AND last_key = $4 AND last_id = $5
   AND status <> 'DISABLED' AND webhook_lock_held(id)
-RETURNING id
+RETURNING {ENDPOINT_STATE}
 """
 # A failed attempt: logged, the next one after $7 seconds; FAILING once the message's first
 # failure is older than $8 seconds (SET reads the row as it was).
@@ -402,18 +413,21 @@ class WebhookWorker:
             await self._deliver_until_moved(id_)
 
     async def _deliver_until_moved(self, id_: int) -> None:
+        row = await self._fetchrow(ENDPOINT, id_)
         while True:
-            row = await self._fetchrow(ENDPOINT, id_)
             if row is None or row["status"] == "DISABLED":
                 return
             kinds: list[str] | None = row["kinds"]
             after = Cursor(row["feed_key"], row["event_id"])
             if row["first_key"] is None:
                 moved = self._feed_moved
-                if not await self._next_message(id_, after, kinds):
+                fixed = await self._next_message(id_, after, kinds)
+                if fixed is None:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._settings.webhook_poll_seconds):
                             await moved.wait()
+                else:
+                    row = fixed
                 continue
             message = Message(
                 id_,
@@ -429,19 +443,18 @@ class WebhookWorker:
                 kinds,
                 message.events + 1,
             )
-            if events["events"] != message.events or after < await self._db(horizon):
+            if events["events"] != message.events or after < _horizon(events):
                 # Retention passed the message's events before it was delivered (the
                 # horizon moved past them; their ledger rows stay, their crossings go).
                 await self._disable(
                     message, f"events of message {message.id} were pruned before delivery"
                 )
-                return
             if row["wait"] > 0:
                 await asyncio.sleep(row["wait"])
             moved = self._feed_moved
             payload = body(events["json"], events["last_at"])
             attempt = await self._send(row["url"], row["secret"], message, payload)
-            await self._record(message, row["attempts"], attempt)
+            row = await self._record(message, row["attempts"], attempt)
             if attempt.delivered and message.events < self._settings.webhook_batch_size:
                 # The feed had no full batch: the next message waits for the feed's end to
                 # be seen moving (a look every FEED_POLL_SECONDS; at once if a look while
@@ -454,35 +467,29 @@ class WebhookWorker:
                     async with asyncio.timeout(self._settings.webhook_poll_seconds):
                         await moved.wait()
 
-    async def _next_message(self, id_: int, after: Cursor, kinds: list[str] | None) -> bool:
-        """Fix the endpoint's next message, or pass over events not of its kinds; False
-        when the feed has nothing after `after`."""
+    async def _next_message(self, id_: int, after: Cursor, kinds: list[str] | None) -> Any:
+        """Fix the endpoint's next message, or pass over events not of its kinds: the
+        endpoint's state then. None when the feed has nothing after `after`."""
         batch = self._settings.webhook_batch_size
-        page = [
-            (Cursor(r["feed_key"], r["id"]), r["kind"])
-            for r in await self._fetch(NEXT_EVENTS, *_key(after), batch if kinds is None else SCAN)
-        ]
-        pruned = await self._db(horizon)
-        if after < pruned:
+        rows = await self._fetch(NEXT_EVENTS, *_key(after), batch if kinds is None else SCAN)
+        if after < _horizon(rows[0]):
             await self._disable(
                 Message(id_, after, after, after, 0),
                 f"the feed's retention pruned events after {after} before they were delivered",
             )
-            return True
+        page = [(Cursor(r["feed_key"], r["id"]), r["kind"]) for r in rows if r["id"] is not None]
         if not page:
-            return False
+            return None
         chosen = [cursor for cursor, kind in page if kinds is None or kind in kinds][:batch]
         if not chosen:
             last = page[-1][0]
-            await self._write(PASS_OVER, id_, *_key(after), *_key(last))
-            return True
+            return await self._write(PASS_OVER, id_, *_key(after), *_key(last))
         # With every event read taken, the message ends at the last one read; past a full
         # batch, at the batch's last.
         last = page[-1][0] if len(chosen) < batch else chosen[-1]
-        await self._write(
+        return await self._write(
             FIX_MESSAGE, id_, *_key(after), *_key(chosen[0]), *_key(last), len(chosen)
         )
-        return True
 
     async def _send(self, url: str, secret: bytes, message: Message, payload: bytes) -> Attempt:
         if (refused := url_refusal(url, self._settings.webhook_allowed_hosts)) is not None:
@@ -511,25 +518,27 @@ class WebhookWorker:
         reason = f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
         return Attempt(status, f"{reason}: {text}" if text else reason)
 
-    async def _record(self, message: Message, attempts: int, attempt: Attempt) -> None:
+    async def _record(self, message: Message, attempts: int, attempt: Attempt) -> Any:
+        """The attempt's outcome, written; the endpoint's state after it."""
         cursors = (*_key(message.first), *_key(message.last))
         if attempt.delivered:
-            await self._write(DELIVERED, message.endpoint, *cursors)
-            return
+            return await self._write(DELIVERED, message.endpoint, *cursors)
         error = (attempt.error or "failed")[:500]
         if attempt.status == 410:
             await self._disable(message, "the endpoint answered 410 Gone", status=410)
-            return
         delay = backoff(attempts + 1, self._settings.webhook_retry_max_seconds)
         max_age = self._settings.webhook_max_age_seconds
         await self._write(
             FAILED, message.endpoint, *cursors, message.id, delay, max_age, attempt.status, error
         )
         log.info("webhook %s: %s failed (%s)", message.endpoint, message.id, error)
+        return await self._fetchrow(ENDPOINT, message.endpoint)
 
     async def _disable(self, message: Message, reason: str, *, status: int | None = None) -> None:
+        """Disable the endpoint; its delivery ends (Moved)."""
         log.warning("webhook %s disabled: %s", message.endpoint, reason)
         await self._write(DISABLE, message.endpoint, reason, message.id, status)
+        raise Moved("disabled")
 
     async def _fetch(self, statement: str, *args: object) -> list[Any]:
         return await self._db(lambda c: c.fetch(statement, *args))
@@ -540,11 +549,18 @@ class WebhookWorker:
     async def _fetchval(self, statement: str, *args: object) -> Any:
         return await self._db(lambda c: c.fetchval(statement, *args))
 
-    async def _write(self, statement: str, *args: object) -> None:
-        """One guarded write of delivery state; Moved when it matched no row."""
-        if await self._fetchval(statement, *args) is None:
+    async def _write(self, statement: str, *args: object) -> Any:
+        """One guarded write of delivery state: what it returned; Moved when it matched
+        no row."""
+        if (row := await self._fetchrow(statement, *args)) is None:
             raise Moved(statement.split("\n", 2)[1])
+        return row
 
 
 def _key(cursor: Cursor) -> tuple[int, int]:
     return cursor.feed_key, cursor.id
+
+
+def _horizon(row: Any) -> Cursor:
+    """The horizon a read carried (NEXT_EVENTS, MESSAGE_EVENTS)."""
+    return Cursor(row["horizon_key"], row["horizon_id"])
