@@ -314,8 +314,8 @@ class Settings:
         "INVENTORY_WEBHOOK_POLL_SECONDS", 5.0, _number(0, above=True)
     )
     # `serve` delivers from a process of its own, this much nicer (lower CPU priority)
-    # than its server processes: in a rush, reservations get the CPU first.
-    webhook_niceness: int = _setting("INVENTORY_WEBHOOK_NICENESS", 10, _integer(0, 19))
+    # than its server processes: in a rush, reservations get the CPU and webhooks wait.
+    webhook_niceness: int = _setting("INVENTORY_WEBHOOK_NICENESS", 19, _integer(0, 19))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

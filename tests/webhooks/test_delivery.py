@@ -160,7 +160,8 @@ async def test_serve_delivers_from_a_nicer_process_of_its_own_and_restarts_it(
             deliverer = psutil.Process(int(holder.rpartition(" ")[2]))
             serving = psutil.Process(server.process.pid)
             assert deliverer.pid != serving.pid and deliverer.ppid() == serving.pid
-            assert deliverer.nice() == serving.nice() + 10  # INVENTORY_WEBHOOK_NICENESS
+            # INVENTORY_WEBHOOK_NICENESS (19) steps nicer, as far as the system allows.
+            assert deliverer.nice() == min(19, serving.nice() + 19) > serving.nice()
             load = asyncio.ensure_future(churn(client, sku, 20))
             deliverer.kill()
             async with asyncio.timeout(15):

@@ -38,7 +38,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import aiohttp
 import asyncpg
@@ -534,7 +534,9 @@ class WebhookWorker:
         log.info("webhook %s: %s failed (%s)", message.endpoint, message.id, error)
         return await self._fetchrow(ENDPOINT, message.endpoint)
 
-    async def _disable(self, message: Message, reason: str, *, status: int | None = None) -> None:
+    async def _disable(
+        self, message: Message, reason: str, *, status: int | None = None
+    ) -> NoReturn:
         """Disable the endpoint; its delivery ends (Moved)."""
         log.warning("webhook %s disabled: %s", message.endpoint, reason)
         await self._write(DISABLE, message.endpoint, reason, message.id, status)
