@@ -61,3 +61,9 @@ query Reservation($id: ID!) {
   reservation(id: $id) { id status expiresAt resolvedAt lines { sku quantity product { sku } } }
 }
 """
+
+# Every field of a StockEvent, as the feed's query and subscription select it.
+EVENT_FIELDS = """
+cursor kind sku quantityDelta reservedDelta quantity reserved available version
+reservationId reason reference actor occurredAt
+"""

@@ -14,14 +14,9 @@ import pytest
 
 from inventory_graphql.testing.graphql_ws import GraphQLWebSocket, SubscriptionError
 from inventory_graphql.testing.server import ServerProcess
-from tests.api.queries import CONFIRM, RELEASE, RESERVE
+from tests.api.queries import CONFIRM, EVENT_FIELDS, RELEASE, RESERVE
 from tests.support.database import create_database
 from tests.support.graphql_http import ADMIN, ADMIN_TOKEN, SERVER_ENV
-
-EVENT_FIELDS = """
-cursor kind sku quantityDelta reservedDelta quantity reserved available version
-reservationId reason reference actor occurredAt
-"""
 
 PAGE = f"""
 query Page($after: String, $first: Int) {{

@@ -14,17 +14,14 @@ from inventory_graphql.inventory.models import LineRequest, Reservation
 from inventory_graphql.inventory.service import InventoryService
 from inventory_graphql.testing.server import ServerProcess
 from inventory_graphql.webhooks.delivery import MESSAGE_EVENTS, body
+from tests.api.queries import EVENT_FIELDS
 from tests.support.graphql_http import ADMIN
 
-FIELDS = """
-cursor kind sku quantityDelta reservedDelta quantity reserved available version
-reservationId reason reference actor occurredAt
-"""
 PAGE = f"""
 query Page($after: String, $first: Int) {{
   stockEvents(after: $after, first: $first) {{
     __typename
-    ... on StockEventConnection {{ edges {{ node {{ {FIELDS} }} }} }}
+    ... on StockEventConnection {{ edges {{ node {{ {EVENT_FIELDS} }} }} }}
   }}
 }}
 """
