@@ -1,5 +1,5 @@
 """A webhook receiver for the benchmarks, in a process of its own (so its CPU is not the
-server's): `python -m bench.harness.webhook_receiver PORT`.
+server's), at the lowest CPU priority: `python -m bench.harness.webhook_receiver PORT`.
 
 It verifies every message's Standard Webhooks signature (once told the secret, `PUT
 /secret`), acknowledges with 204, and counts: messages, events (distinct cursors), repeats
@@ -22,6 +22,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from inventory_graphql.webhooks.process import MAX_NICENESS, lower_priority
 
 
 def cursor_key(cursor: str) -> tuple[int, int]:
@@ -106,6 +108,9 @@ def app() -> Starlette:
 
 
 def main() -> None:
+    # The receiver stands for another machine: on this one it takes only CPU nobody else
+    # wants (as the service's own delivery process does, webhooks/process.py).
+    lower_priority(MAX_NICENESS)
     uvicorn.run(app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 
 

@@ -162,6 +162,10 @@ async def test_serve_delivers_from_a_nicer_process_of_its_own_and_restarts_it(
             assert deliverer.pid != serving.pid and deliverer.ppid() == serving.pid
             # INVENTORY_WEBHOOK_NICENESS (19) steps nicer, as far as the system allows.
             assert deliverer.nice() == min(19, serving.nice() + 19) > serving.nice()
+            # At 19, Linux's idle class as well: any busy server process preempts it.
+            if hasattr(os, "SCHED_IDLE"):
+                assert os.sched_getscheduler(deliverer.pid) == os.SCHED_IDLE
+                assert os.sched_getscheduler(serving.pid) == os.SCHED_OTHER
             load = asyncio.ensure_future(churn(client, sku, 20))
             deliverer.kill()
             async with asyncio.timeout(15):
