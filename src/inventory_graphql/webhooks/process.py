@@ -48,7 +48,10 @@ def lower_priority(niceness: int) -> None:
     if niceness:
         os.nice(niceness)
     if niceness == MAX_NICENESS and hasattr(os, "SCHED_IDLE"):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as error:  # a sandbox that forbids it: niceness alone, then
+            log.warning("webhook delivery: SCHED_IDLE refused (%s); niceness only", error)
 
 
 async def deliver(database_url: str, settings: Settings, parent: int | None) -> int:
