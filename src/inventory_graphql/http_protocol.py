@@ -37,7 +37,7 @@ from inventory_graphql.http_limits import (
     TrustedPeers,
 )
 
-FENCED_VERSIONS = {"uvicorn": "0.54.0", "httptools": "0.9.0"}
+FENCED_VERSIONS = {"uvicorn": "0.55.0", "httptools": "0.9.0"}
 
 # A connection's phase. Plain ints, compared on every read (the last two in order).
 HEAD = 0  # reading a request head (request line and headers)
