@@ -23,7 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from inventory_graphql.webhooks.process import MAX_NICENESS, lower_priority
+from inventory_graphql.config import MAX_NICENESS
+from inventory_graphql.webhooks.process import lower_priority
 
 
 def cursor_key(cursor: str) -> tuple[int, int]:

@@ -96,6 +96,8 @@ def _secret_key(raw: str) -> str:
 
 ADMIN_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 MIN_NAMED_ADMIN_TOKEN = 16
+# The lowest CPU priority a process can step to (webhooks/process.py: also SCHED_IDLE there).
+MAX_NICENESS = 19
 AdminTokens = tuple[tuple[str, str], ...]  # (name, token)
 
 
@@ -315,7 +317,9 @@ class Settings:
     )
     # `serve` delivers from a process of its own, this much nicer (lower CPU priority)
     # than its server processes: in a rush, reservations get the CPU and webhooks wait.
-    webhook_niceness: int = _setting("INVENTORY_WEBHOOK_NICENESS", 19, _integer(0, 19))
+    webhook_niceness: int = _setting(
+        "INVENTORY_WEBHOOK_NICENESS", MAX_NICENESS, _integer(0, MAX_NICENESS)
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -27,7 +27,7 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping
 
-from inventory_graphql.config import Settings
+from inventory_graphql.config import MAX_NICENESS, Settings
 from inventory_graphql.database import connect_pool
 from inventory_graphql.webhooks.delivery import WebhookWorker
 
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 RESTART_SECONDS = 1.0
 STOP_SECONDS = 10.0
 PARENT_POLL_SECONDS = 0.5
-MAX_NICENESS = 19
 
 
 def lower_priority(niceness: int) -> None:
