@@ -15,8 +15,8 @@ import re
 
 import asyncpg
 from graphql import GraphQLError
-from strawberry.extensions import MaskErrors
 
+from inventory_graphql.api.internals import ErrorMasking
 from inventory_graphql.inventory.errors import Busy, is_busy, is_database_unavailable
 from inventory_graphql.request_id import current_request_id
 
@@ -37,9 +37,10 @@ def bad_input(message: str) -> GraphQLError:
     return GraphQLError(message, extensions={"code": "BAD_USER_INPUT"})
 
 
-class ErrorPolicy(MaskErrors):
-    # MaskErrors is Strawberry's hook for rewriting errors after execution (streamed
-    # subscription results included); we keep its plumbing and decide per error.
+class ErrorPolicy(ErrorMasking):
+    # MaskErrors (ErrorMasking's base) is Strawberry's hook for rewriting errors after
+    # execution (streamed subscription results included); we keep its plumbing and decide
+    # per error.
     def __init__(self, *, hide_suggestions: bool = False) -> None:
         super().__init__(should_mask_error=lambda _: True)
         self.hide_suggestions = hide_suggestions

@@ -37,6 +37,9 @@ What is touched, and why:
    before anything is parsed. Over WebSocket, `handle_message` (item 5) translates a
    subscribe payload's `documentId` the same way, using the handler's
    `connection_acknowledged` and `operations` to leave protocol errors to Strawberry.
+8. (Always on) `MaskErrors._process_result` and `_process_errors`: Strawberry tests every
+   result against a runtime-checkable Protocol, which costs ~2% of a reservation's CPU;
+   `ErrorMasking` asks for the result's `errors` directly (the same test).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from graphql import (
 from starlette.requests import Request
 from starlette.responses import Response
 from strawberry.asgi import GraphQL
+from strawberry.extensions import MaskErrors
 from strawberry.http import GraphQLRequestData
 from strawberry.http.base import BaseRequestProtocol
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
@@ -293,3 +297,11 @@ class DocumentIdView(GraphQL[Any, None]):
             if query is request_data.query
             else dataclasses.replace(request_data, query=query),
         )
+
+
+# 8. MaskErrors without the Protocol test.
+class ErrorMasking(MaskErrors):
+    def _process_result(self, result: object) -> None:
+        errors = getattr(result, "errors", None)
+        if errors:
+            result.errors = self._process_errors(errors)  # type: ignore[attr-defined]
