@@ -145,6 +145,7 @@ SELECT w.id::text AS id, w.seq, p.sku, w.buyer, w.quantity, w.status::text AS st
        extract(epoch FROM w.created_at)::float8 AS created,
        extract(epoch FROM w.resolved_at)::float8 AS resolved
 FROM waitlist_entry w JOIN product p ON p.id = w.product_id
+WHERE w.status <> 'VOID'  -- a join's id claimed after a fault: no entry (migration 012)
 ORDER BY w.seq
 """
 PRODUCTS = """
@@ -922,9 +923,9 @@ class Verdict:
         """Each thing made that no client was told of is the outcome of a lost request of
         its own: one of the same kind, asked before the thing's transaction started and
         failed after. (Greedy in time order, the earliest failure first: a matching if
-        there is one.)"""
+        there is one.) A request matched is used up: `lost` loses it."""
         for key, things in made.items():
-            free = list(lost.get(key, ()))
+            free = lost.setdefault(key, [])
             for at, ident in sorted(things):
                 fits = [e for e in free if e.sent - self.eps <= at <= e.received + self.eps]
                 if not fits:
@@ -968,11 +969,20 @@ class Verdict:
                 self.checked[f"{row['status']} holds of lost answers"] += 1
         self.match("hold", untold, lost_reserves)
         untold_entries: defaultdict[Any, list[tuple[float, str]]] = defaultdict(list)
+        undone_entries: defaultdict[Any, list[tuple[float, str]]] = defaultdict(list)
         for eid, row in self.db.entries.items():
             if eid not in self.entries:
                 key = (row["buyer"], row["sku"], row["quantity"])
-                untold_entries[key].append((row["created"] - self.db.offset, eid))
+                untold = untold_entries if row["status"] == "WAITING" else undone_entries
+                untold[key].append((row["created"] - self.db.offset, eid))
         self.match("entry", untold_entries, lost_joins)
+        # A join answered "nothing done" (the typed 503) whose entry was made after all and
+        # could not be settled at once is given back (join_give_back.py): it no longer
+        # waits (LEFT, or OFFERED with its hold released).
+        for e in drop.exchanges:
+            if e.op == "join" and e.answer.is_typed_retriable():
+                lost_joins[(e.buyer, e.args["sku"], e.args["quantity"])].append(e)
+        self.match("entry", undone_entries, lost_joins)
         for exchange in drop.exchanges:
             member = exchange.member
             if exchange.replay and member and member["__typename"] == "Reservation":

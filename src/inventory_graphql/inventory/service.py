@@ -23,6 +23,7 @@ from inventory_graphql.inventory.contention import Contention
 from inventory_graphql.inventory.errors import Busy
 from inventory_graphql.inventory.event_retention import Pruner
 from inventory_graphql.inventory.give_back import GiveBack
+from inventory_graphql.inventory.join_give_back import JoinGiveBack
 from inventory_graphql.inventory.models import (
     ADMIN,
     ANONYMOUS,
@@ -86,7 +87,8 @@ class InventoryService:
         self._settings = settings
         self._catalog = Catalog(pool)
         self._admin_writes = AdminWrites(pool)
-        self._waitlist = Waitlist(pool)
+        self._join_give_back = JoinGiveBack(pool)
+        self._waitlist = Waitlist(pool, self._join_give_back)
         self._queue_reads = QueueReads(pool)
         self._reservations = Reservations(
             pool, settings.hold_ttl_seconds, settings.max_pending_holds_per_buyer or None
@@ -126,10 +128,11 @@ class InventoryService:
 
     @contextlib.asynccontextmanager
     async def running(self, *, sweep: bool = True) -> AsyncIterator[InventoryService]:
-        """The background work: giving back abandoned holds, coalescing, and (unless told
-        otherwise, as tests that drive expiry themselves do) expiring due holds."""
+        """The background work: giving back abandoned holds and joins, coalescing, and
+        (unless told otherwise, as tests that drive expiry themselves do) expiring due holds."""
         async with contextlib.AsyncExitStack() as running:
             await running.enter_async_context(self._give_back.running())
+            await running.enter_async_context(self._join_give_back.running())
             if self._coalescer is not None:
                 await running.enter_async_context(self._coalescer.running())
             if sweep:

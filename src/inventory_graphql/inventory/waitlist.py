@@ -6,18 +6,31 @@ same transaction (strict FIFO). This module only adds and removes entries, each 
 under the product's row lock taken first (the lock every writer of the queue and of a
 buyer's tally holds), and moves `product.waiting` with them in the same statement, so
 the trigger sees the queue as it now is.
+
+A join's entry id is chosen here, before it runs, so that after a fault the join can be
+settled by that id (join_give_back.py): the client is told the entry, or an error that is
+then true.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
+import uuid
 
 import asyncpg
 
 from inventory_graphql.database import Connection
 from inventory_graphql.inventory import validation
+from inventory_graphql.inventory.errors import is_database_unavailable
+from inventory_graphql.inventory.join_give_back import (
+    VOID_UNLESS_JOINED,
+    Join,
+    JoinGiveBack,
+    columns,
+)
 from inventory_graphql.inventory.models import (
     Caller,
     InvalidInput,
@@ -30,6 +43,8 @@ from inventory_graphql.inventory.models import (
 )
 from inventory_graphql.inventory.transactions import Rollback, in_transaction
 
+log = logging.getLogger(__name__)
+
 LOCK_PRODUCT = "SELECT id, purchase_limit FROM product WHERE sku = $1 FOR UPDATE"
 
 LOCK_PRODUCT_BY_ID = "SELECT id FROM product WHERE id = $1 FOR UPDATE"
@@ -38,7 +53,9 @@ LOCK_PRODUCT_BY_ID = "SELECT id FROM product WHERE id = $1 FOR UPDATE"
 # the buyer's WAITING entry and tally are what is committed under that lock. The entry
 # is added only when the buyer has none and stays within the limit; `waiting` grows in
 # the same statement, and the product trigger then offers the entry its hold at once if
-# it is the head and fits.
+# it is the head and fits. An existing entry answered (a retried join, the same quantity)
+# is marked `rejoined`: its buyer knows it now, so no give-back of an earlier join of it
+# may undo it.
 JOIN = """
 WITH existing AS (
     SELECT id, quantity FROM waitlist_entry
@@ -46,14 +63,17 @@ WITH existing AS (
 ), tally AS (
     SELECT CASE WHEN $4::int IS NOT NULL THEN buyer_tally($2, $1) END AS held
 ), joined AS (
-    INSERT INTO waitlist_entry (product_id, buyer, quantity)
-    SELECT $1, $2, $3 FROM tally t
+    INSERT INTO waitlist_entry (id, product_id, buyer, quantity)
+    SELECT $5, $1, $2, $3 FROM tally t
     WHERE NOT EXISTS (SELECT 1 FROM existing)
       AND ($4::int IS NULL OR t.held + $3 <= $4)
     RETURNING id
 ), queued AS (
     UPDATE product SET waiting = waiting + $3, updated_at = now()
     WHERE id = $1 AND EXISTS (SELECT 1 FROM joined)
+), rejoined AS (
+    UPDATE waitlist_entry SET rejoined = true
+    WHERE id = (SELECT id FROM existing) AND quantity = $3 AND NOT rejoined
 )
 SELECT (SELECT id FROM joined) AS joined,
        (SELECT id FROM existing) AS existing,
@@ -61,7 +81,7 @@ SELECT (SELECT id FROM joined) AS joined,
        (SELECT held FROM tally) AS held
 """
 
-OWNER = "SELECT product_id, buyer FROM waitlist_entry WHERE id = $1"
+OWNER = "SELECT product_id, buyer FROM waitlist_entry WHERE id = $1 AND status <> 'VOID'"
 
 # Under the product's lock: an entry still WAITING leaves (once: the guard) and its units
 # leave `waiting` in the same statement; the trigger may then offer the next head.
@@ -76,7 +96,8 @@ FROM left_queue l WHERE p.id = l.product_id
 """
 
 # An entry as it stands; `position` counts the WAITING entries of its product up to it
-# in join order (the queue's index).
+# in join order (the queue's index). A VOID entry (a join that was never made) is no
+# entry at all.
 ENTRY = """
 SELECT w.id::text, p.sku, w.buyer, w.quantity, w.status::text AS status,
        w.reservation_id::text, w.created_at,
@@ -85,7 +106,7 @@ SELECT w.id::text, p.sku, w.buyer, w.quantity, w.status::text AS status,
            WHERE o.product_id = w.product_id AND o.status = 'WAITING' AND o.seq <= w.seq)
        END AS position
 FROM waitlist_entry w JOIN product p ON p.id = w.product_id
-WHERE w.id = $1
+WHERE w.id = $1 AND w.status <> 'VOID'
 """
 
 # A sku's whole queue, positions by entry id: one read serves every watcher of the sku.
@@ -109,18 +130,23 @@ def _entry(row: asyncpg.Record) -> WaitlistEntry:
 
 
 class Waitlist:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, give_back: JoinGiveBack) -> None:
         self._pool = pool
+        self._give_back = give_back
 
     async def join(self, sku: str, quantity: int, buyer: str) -> WaitlistOutcome:
-        """Inputs are valid (the service checked them)."""
+        """Inputs are valid (the service checked them). After a fault of the connection the
+        join is settled by its entry id: an entry that committed is answered, whatever the
+        error said; otherwise the error is raised, and the entry can no longer be made (or,
+        when the database cannot tell now, is given back once it can)."""
+        entry_id = uuid.uuid4()
 
         async def join(conn: Connection) -> WaitlistOutcome:
             product = await conn.fetchrow(LOCK_PRODUCT, sku)
             if product is None:
                 return ProductNotFound(sku)
             limit = product["purchase_limit"]
-            row = await conn.fetchrow(JOIN, product["id"], buyer, quantity, limit)
+            row = await conn.fetchrow(JOIN, product["id"], buyer, quantity, limit, entry_id)
             assert row is not None, "the statement always returns one row"
             if row["joined"] is not None:
                 return await _read(conn, row["joined"])
@@ -135,7 +161,31 @@ class Waitlist:
                 )
             return PurchaseLimitExceeded(sku, limit, row["held"])
 
-        return await in_transaction(self._pool, join)
+        try:
+            return await in_transaction(self._pool, join)
+        except Exception as error:
+            # Any other error was the server's answer to a statement (a lock timeout, a
+            # constraint) or ours before COMMIT: the transaction rolled back, nothing to settle.
+            if not is_database_unavailable(error):
+                raise
+            found = await self._settle(Join(entry_id, sku, buyer, quantity), error)
+            if found is None:
+                raise
+            return found
+
+    async def _settle(self, join: Join, error: Exception) -> WaitlistEntry | None:
+        """The join's entry if it committed; None if it never will (its id is claimed now,
+        or queued to be given back: either way the error is true)."""
+        try:
+            async with self._pool.acquire() as conn:
+                # Statements of their own: the claim commits before the entry is read.
+                await conn.execute(VOID_UNLESS_JOINED, *columns([join]))
+                row = await conn.fetchrow(ENTRY, join.entry_id)
+        except Exception as settle_error:
+            log.warning("join failed (%r) and could not be settled: %r", error, settle_error)
+            self._give_back.add([join])
+            return None
+        return None if row is None else _entry(row)
 
     async def leave(self, entry_id: str, caller: Caller) -> WaitlistOutcome:
         """Only the entry's buyer (or an admin) sees it; others are told it is unknown.
