@@ -1,16 +1,17 @@
 """How a server process collects garbage: young objects in large steps, startup's never.
 
-Each request leaves ~80 objects in reference cycles (graphql-core's executor, Starlette's
-request and response), which only the collector frees. With CPython's thresholds (700
-allocations) much of that garbage, caught while still referenced, is promoted and piles
-up in the old generation, whose full collections walk every object of the process:
-with thousands of WebSockets open that is millions of objects and pauses of 0.4-0.6 s.
-Measured here in one benchmark run each: the 5,000-subscriber fan-out p99 was 596 ms with
-the defaults and 155-166 ms with this; hot-product p99 at 64 clients 205-330 ms with
-only full collections made rarer, 55-65 ms with this. Collecting the young generation
-every 50,000 allocations lets a request's garbage die young (each young collection frees
-~40,000 objects); freezing what startup built (schema, modules, pool) keeps it out of
-every collection; a full collection waits for 100 middle ones.
+A request used to leave ~70 objects in reference cycles (graphql-core's executor and its
+resolve-info helpers; our context and its DataLoader, with the request and response
+hanging off it), which only the collector frees: 11-13% of a worker's CPU under a flash
+sale, in young collections of ~0.1 s each. Those cycles are gone (api/internals.py item 9,
+api/context.py; tests/unit/test_internals.py and test_context.py keep them gone): a
+reservation now leaves ~0.2 on average (from error paths), and a sale runs with no young
+collection at all. What remains here is for what does still build cycles: with thousands
+of WebSockets open, CPython's thresholds (700 allocations) promoted garbage caught while
+still referenced into the old generation, whose full collections walk every object of
+the process (pauses of 0.4-0.6 s). Collecting the young generation every 50,000
+allocations lets such garbage die young; freezing what startup built (schema, modules,
+pool) keeps it out of every collection; a full collection waits for 100 middle ones.
 """
 
 from __future__ import annotations

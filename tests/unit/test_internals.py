@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
+import gc
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import strawberry
 from graphql import Executor as CoreExecutor
 from strawberry.asgi import GraphQL
+from strawberry.extensions import MaskErrors
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
@@ -51,6 +57,12 @@ def test_every_fenced_name_still_exists():
     for attribute in ("self.connection_acknowledged", "self.operations", "self.view"):
         assert attribute in handler_init, (attribute, FENCE_ADVICE)
     assert internals.core_schema(schema) is not None, FENCE_ADVICE
+    # Items 8 and 9.
+    for method in ("_process_result", "_process_errors"):
+        assert callable(getattr(MaskErrors, method, None)), (method, FENCE_ADVICE)
+    for method in ("track_async_work", "gather_async_work"):
+        assert callable(getattr(CoreExecutor, method, None)), (method, FENCE_ADVICE)
+    assert "self.async_helpers = " in inspect.getsource(CoreExecutor.__init__), FENCE_ADVICE
 
 
 def test_the_per_event_memo_the_repair_resets_is_still_there():
@@ -152,3 +164,52 @@ def test_every_uvicorn_name_the_http_limits_use_still_exists():
     assert "config.http_protocol_class(" in startup, UVICORN_ADVICE
     for argument in ("config=", "server_state=", "app_state=", "_loop="):
         assert argument in startup, (argument, UVICORN_ADVICE)
+
+
+@contextlib.contextmanager
+def cycles_collected() -> Iterator[list[object]]:
+    """What the garbage collector alone would free of what the block made: objects in
+    reference cycles (or hanging off one)."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    found: list[object] = []
+    try:
+        yield found
+        gc.collect()
+        found.extend(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if was_enabled:
+            gc.enable()
+
+
+@strawberry.type
+class _Query:
+    @strawberry.field
+    async def ping(self, info: strawberry.Info) -> str:
+        # A resolver that uses the executor's helpers, as graphql-core's own code does.
+        await raw_info_of(info).async_helpers.gather([asyncio.sleep(0)])
+        raw_info_of(info).async_helpers.track([])
+        return "pong"
+
+
+def raw_info_of(info: strawberry.Info) -> Any:
+    return internals.raw_info(info)
+
+
+def test_executing_an_operation_leaves_nothing_for_the_garbage_collector():
+    # Item 9: each request's executor (and all it holds) is freed when the request ends.
+    small = strawberry.Schema(query=_Query, execution_context_class=internals.Executor)
+
+    async def run() -> None:
+        for _ in range(3):
+            result = await small.execute("{ ping }")
+            assert result.errors is None and result.data == {"ping": "pong"}
+
+    with cycles_collected() as garbage:
+        asyncio.run(run())
+    executors = [o for o in garbage if isinstance(o, CoreExecutor)]
+    assert executors == [], FENCE_ADVICE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,8 +36,14 @@ class Context:
     products: DataLoader[str, models.Product | None] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.products = DataLoader(load_fn=self._load_products)
+        # Not a bound method of this context: the loader would hold the context that
+        # holds it, a cycle (with the request and response hanging off it) that only the
+        # garbage collector frees.
+        self.products = DataLoader(load_fn=functools.partial(_load_products, self.service))
 
-    async def _load_products(self, skus: Sequence[str]) -> list[models.Product | None]:
-        found = {p.sku: p for p in await self.service.products(skus, len(skus))}
-        return [found.get(sku) for sku in skus]
+
+async def _load_products(
+    service: InventoryService, skus: Sequence[str]
+) -> list[models.Product | None]:
+    found = {p.sku: p for p in await service.products(skus, len(skus))}
+    return [found.get(sku) for sku in skus]
