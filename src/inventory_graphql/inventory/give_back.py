@@ -4,7 +4,8 @@ A request can lose its client after its hold was decided: the shopper closed the
 request ran past its deadline, or the database could not be asked whether the hold had
 committed before the answer had to go out as an error. Such request ids queue here; a
 background task voids them or releases their holds, retrying until the database answers,
-so no unit stays held for a client that can no longer learn the hold's id.
+so no unit stays held for a client that can no longer learn the hold's id. (Backlog is the
+queue itself; join_give_back.py uses it for waiting-list joins.)
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
+from typing import Generic, Self, TypeVar
 
 from inventory_graphql.background import background
 from inventory_graphql.inventory.reservations import Reservations
@@ -25,59 +27,99 @@ BATCH = 500
 # hold nobody gives back still ends at its expiry (TTL), the backstop.
 MAX_WAITING = 100_000
 
+T = TypeVar("T", bound=Hashable)
 
-class GiveBack:
-    def __init__(self, reservations: Reservations, *, max_backoff: float = 2.0) -> None:
-        self._reservations = reservations
+
+class Backlog(Generic[T]):
+    """What a fault left undecided, given back in batches by `give_back` (which returns
+    how many it undid), retried with backoff until the database answers. Bounded: past
+    `max_waiting` new items are dropped with a warning (each kind says what then)."""
+
+    def __init__(
+        self,
+        give_back: Callable[[list[T]], Awaitable[int]],
+        *,
+        what: str,
+        batch: int,
+        max_waiting: int,
+        max_backoff: float,
+    ) -> None:
+        self._give_back = give_back
+        self._what = what
+        self._batch = batch
+        self._max_waiting = max_waiting
         self._max_backoff = max_backoff
-        self._ids: dict[uuid.UUID, None] = {}  # insertion-ordered set
+        self._items: dict[T, None] = {}  # insertion-ordered set
         self._wake = asyncio.Event()
-        self.released_total = 0
+        self.undone_total = 0
 
-    def add(self, request_ids: Iterable[uuid.UUID]) -> None:
+    def add(self, items: Iterable[T]) -> None:
         dropped = 0
-        for request_id in request_ids:
-            if len(self._ids) < MAX_WAITING:
-                self._ids[request_id] = None
+        for item in items:
+            if len(self._items) < self._max_waiting:
+                self._items[item] = None
             else:
                 dropped += 1
         if dropped:
-            log.warning("%d holds left to expire by TTL: too many waiting to go back", dropped)
+            log.warning("%d %s dropped: too many waiting to go back", dropped, self._what)
         self._wake.set()
 
     @property
     def waiting(self) -> int:
-        return len(self._ids)
+        return len(self._items)
 
     async def drain(self) -> None:
         """Give back everything queued now (tests, and shutdown)."""
-        while self._ids:
+        while self._items:
             await self._give_back_some()
 
     async def _give_back_some(self) -> None:
-        batch = list(self._ids)[:BATCH]
-        self.released_total += await self._reservations.give_back(batch)
-        for request_id in batch:
-            self._ids.pop(request_id, None)
+        batch = list(self._items)[: self._batch]
+        self.undone_total += await self._give_back(batch)
+        for item in batch:
+            self._items.pop(item, None)
 
     async def _run(self) -> None:
         backoff = 0.05
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._ids:
+            while self._items:
                 try:
                     await self._give_back_some()
                     backoff = 0.05
                 except Exception as error:
-                    log.warning("giving back %d holds failed, retrying: %r", len(self._ids), error)
+                    log.warning(
+                        "giving back %d %s failed, retrying: %r",
+                        len(self._items),
+                        self._what,
+                        error,
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self._max_backoff)
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[GiveBack]:
-        async with background(self._run(), "hold-give-back"):
+    async def running(self) -> AsyncIterator[Self]:
+        async with background(self._run(), f"give-back {self._what}"):
             yield self
-        with contextlib.suppress(Exception):  # last chance; the holds' TTL is the backstop
+        with contextlib.suppress(Exception):  # last chance; each kind has its backstop
             async with asyncio.timeout(5):
                 await self.drain()
+
+
+class GiveBack(Backlog[uuid.UUID]):
+    """Request ids whose holds nobody will learn of: voided, or their holds released (a
+    hold left behind still ends at its expiry)."""
+
+    def __init__(self, reservations: Reservations, *, max_backoff: float = 2.0) -> None:
+        super().__init__(
+            reservations.give_back,
+            what="holds",
+            batch=BATCH,
+            max_waiting=MAX_WAITING,
+            max_backoff=max_backoff,
+        )
+
+    @property
+    def released_total(self) -> int:
+        return self.undone_total

@@ -10,22 +10,18 @@ done so. An entry a later join of its buyer was answered with is known: it stays
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
+import functools
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
-from inventory_graphql.background import background
 from inventory_graphql.database import Connection
+from inventory_graphql.inventory.give_back import Backlog
 from inventory_graphql.inventory.models import ReservationStatus
 from inventory_graphql.inventory.reservations import settle
 from inventory_graphql.inventory.transactions import in_transaction
-
-log = logging.getLogger(__name__)
 
 BATCH = 200
 # Joins kept while the database is away; past this they are dropped with a warning (an
@@ -120,60 +116,12 @@ async def give_back(pool: asyncpg.Pool, joins: Sequence[Join]) -> int:
     return await in_transaction(pool, undo)
 
 
-class JoinGiveBack:
+class JoinGiveBack(Backlog[Join]):
     def __init__(self, pool: asyncpg.Pool, *, max_backoff: float = 2.0) -> None:
-        self._pool = pool
-        self._max_backoff = max_backoff
-        self._joins: dict[Join, None] = {}  # insertion-ordered set
-        self._wake = asyncio.Event()
-        self.undone_total = 0
-
-    def add(self, joins: Iterable[Join]) -> None:
-        dropped = 0
-        for join in joins:
-            if len(self._joins) < MAX_WAITING:
-                self._joins[join] = None
-            else:
-                dropped += 1
-        if dropped:
-            log.warning("%d waiting-list joins in doubt dropped: too many to give back", dropped)
-        self._wake.set()
-
-    @property
-    def waiting(self) -> int:
-        return len(self._joins)
-
-    async def drain(self) -> None:
-        """Give back everything queued now (tests, and shutdown)."""
-        while self._joins:
-            await self._give_back_some()
-
-    async def _give_back_some(self) -> None:
-        batch = list(self._joins)[:BATCH]
-        self.undone_total += await give_back(self._pool, batch)
-        for join in batch:
-            self._joins.pop(join, None)
-
-    async def _run(self) -> None:
-        backoff = 0.05
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._joins:
-                try:
-                    await self._give_back_some()
-                    backoff = 0.05
-                except Exception as error:
-                    log.warning(
-                        "giving back %d joins failed, retrying: %r", len(self._joins), error
-                    )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, self._max_backoff)
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[JoinGiveBack]:
-        async with background(self._run(), "join-give-back"):
-            yield self
-        with contextlib.suppress(Exception):  # last chance, on the way out
-            async with asyncio.timeout(5):
-                await self.drain()
+        super().__init__(
+            functools.partial(give_back, pool),
+            what="waiting-list joins",
+            batch=BATCH,
+            max_waiting=MAX_WAITING,
+            max_backoff=max_backoff,
+        )
