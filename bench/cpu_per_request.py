@@ -12,8 +12,10 @@ drift hits all alike:
 - `starlette`: a plain Starlette JSON route (bench/harness/floors.py), the HTTP floor;
 - `strawberry`: a bare Strawberry app with parser and validation caches, `{ ping }`;
 - `typename`, `product`, `reserve`: this service (and, with --before, the earlier
-  commit's): `{ __typename }`, `product(sku)` on one product, and a coalesced one-line
-  `reserve` over 10,000 products (bench/harness/drivers/reserve.lua).
+  commit's, on a database its own migrations made): `{ __typename }`, `product(sku)` on
+  one product, and a coalesced one-line `reserve` over 10,000 products
+  (bench/harness/drivers/reserve.lua). Every request comes from another shopper
+  (X-Forwarded-For), as behind a load balancer, so per-client limits see a crowd.
 
 A point: 2 s of warm-up, then wrk for --seconds; the server process's CPU (user + system;
 `serve`'s webhook delivery child is not counted) over that window divided by the answers.
@@ -31,12 +33,12 @@ import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -47,7 +49,7 @@ import asyncpg
 import psutil
 
 from bench.harness import ROOT
-from bench.harness.database import postgres, seed
+from bench.harness.database import migrated_by, postgres, seed
 from bench.harness.session import raise_open_files_limit
 from bench.harness.versions import describe, expect_imports, export_src, snapshot_src
 from inventory_graphql.database import create_migrated_database
@@ -101,11 +103,9 @@ def _floor(series: str) -> Iterator[tuple[str, int]]:
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
-        while True:
+        while True:  # up once it accepts a connection
             try:
-                urllib.request.urlopen(
-                    urllib.request.Request(f"{url}/graphql", data=b"{}", method="POST"), timeout=1
-                ).read()
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
@@ -190,10 +190,15 @@ async def run(
         if before is not None:
             versions["before"] = str(export_src(before, Path(tmp) / "before"))
         expect_imports(versions)
-        url = await create_migrated_database(server, DATABASE, replace=True)
-        conn = await asyncpg.connect(url)
+        # Each version on a database its own migrations made: an older `serve` does not
+        # start on a database a newer one migrated.
+        urls = {"after": await create_migrated_database(server, DATABASE, replace=True)}
+        if "before" in versions:
+            urls["before"] = await migrated_by(Path(versions["before"]), server, f"{DATABASE}_b")
+        conns = {version: await asyncpg.connect(url) for version, url in urls.items()}
         try:
-            await seed(conn, "cpr-product", 1)
+            for conn in conns.values():
+                await seed(conn, "cpr-product", 1)
             kinds = [(s, "floor") for s in FLOORS] + [(s, v) for s in SERVICE for v in versions]
             n = 0
             for round_ in range(rounds):
@@ -203,11 +208,11 @@ async def run(
                         n += 1
                         prefix = f"cpr-{n}"
                         if series == "reserve":
-                            await seed(conn, prefix, SPREAD)
+                            await seed(conns[version], prefix, SPREAD)
                         serving = (
                             _floor(series)
                             if version == "floor"
-                            else _service(url, versions[version])
+                            else _service(urls[version], versions[version])
                         )
                         with serving as (base, pid):
                             point = await _point(
@@ -222,7 +227,8 @@ async def run(
                             flush=True,
                         )
         finally:
-            await conn.close()
+            for conn in conns.values():
+                await conn.close()
     return points
 
 

@@ -1,6 +1,7 @@
 -- wrk script for bench.cpu_per_request: every request POSTs the same JSON body, taken from
 -- the environment (BENCH_BODY), to the URL given. done() prints one line, "WRK_POST
--- {json}": the answers, and those that were not 200.
+-- {json}": the answers, and those that were not 200. Each request comes from one of 65,536
+-- shoppers (X-Forwarded-For, as reserve.lua sends), so per-client limits see a crowd.
 --
 --   BENCH_BODY='{"query":"{ __typename }"}' wrk ... -s bench/harness/drivers/post.lua URL
 
@@ -16,6 +17,12 @@ end
 
 function init(args)
   answered, refused = 0, 0
+  math.randomseed(os.time())
+end
+
+function request()
+  wrk.headers["X-Forwarded-For"] = "10.0." .. math.random(0, 255) .. "." .. math.random(0, 255)
+  return wrk.format()
 end
 
 function response(status, headers, body)
