@@ -32,6 +32,7 @@ class _Query:
 
 def strawberry_app() -> Starlette:
     schema = strawberry.Schema(
-        query=_Query, extensions=[ParserCache(maxsize=100), ValidationCache(maxsize=100)]
+        query=_Query,
+        extensions=[lambda: ParserCache(maxsize=100), lambda: ValidationCache(maxsize=100)],
     )
     return Starlette(routes=[Route("/graphql", GraphQL(schema), methods=["POST"])])
