@@ -218,10 +218,11 @@ def split(total: int, most: int) -> list[int]:
 
 
 async def fanout_point(
-    bench: Bench, server: ServerProcess, subscribers: int, repeat: int = 0
+    bench: Bench, server: ServerProcess, subscribers: int, repeat: int = 0, adjust: str = ADJUST
 ) -> FanoutResult:
     """bench.plan.fanout_changes changes to one product, each delivered to `subscribers`
-    WebSocket subscribers in client processes of at most plan.subscribers_per_process."""
+    WebSocket subscribers in client processes of at most plan.subscribers_per_process.
+    `adjust` changes the stock ($1 sku, $2 delta, $3 reason; returns the new `version`)."""
     suffix = f".{repeat}" if repeat else ""
     products = await seed(bench.conn, f"fanout.{subscribers}{suffix}", 1)
     sizes = split(subscribers, bench.plan.subscribers_per_process)
@@ -244,7 +245,7 @@ async def fanout_point(
         async with cpu_meter(pids) as cpu:
             for _ in range(changes):
                 started = time.time()
-                row = await bench.conn.fetchrow(ADJUST, products.first_sku, 1, "bench fan-out")
+                row = await bench.conn.fetchrow(adjust, products.first_sku, 1, "bench fan-out")
                 assert row is not None, "the fan-out product is gone"
                 committed[row["version"]] = started
                 await asyncio.gather(*(c.expect(f"got {row['version']}", 120) for c in clients))

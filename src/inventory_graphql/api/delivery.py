@@ -7,13 +7,16 @@ executions. After its first result (which takes the ordinary path, so validation
 variables and errors are Strawberry's), a subscription over graphql-transport-ws hands its
 updates to a Delivery instead: graphql-core still executes the subscriber's selection, but
 once per (update, selection) in the process, and every subscriber who asked the same gets
-the same JSON text.
+the same JSON text. A DirectLine writes it from the hub's own task as the hub publishes the
+update: no subscriber's task wakes up and no timer is set for a quiet subscriber, so a
+delivery costs the lookup and the socket write.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import orjson
@@ -27,6 +30,10 @@ from inventory_graphql.api.internals import (
     execute_event,
     subscription_executor,
 )
+from inventory_graphql.inventory.models import StockLevel
+from inventory_graphql.live.mailbox import Mailbox
+
+log = logging.getLogger(__name__)
 
 
 class Renderings:
@@ -101,15 +108,124 @@ class Delivery:
         self._renderings.put(self.selection, change, text)
         return text
 
-    async def send(self, payload: str) -> None:
+    async def send(self, payload: str) -> bool:
+        """Write the `next` message; False once the operation is over or its socket gone
+        (the connection's handler has seen it too, and cancels the operation)."""
         if self._operation.completed():
-            return
+            return False
         try:
             await self._socket.send_text(f"{self._prefix}{payload}}}")
         except WebSocketDisconnect:
-            # The connection's handler has seen it too and cancels this operation; wait
-            # for that instead of ending the stream (its `complete` could not be sent).
-            await asyncio.Future()
+            return False
+        return True
+
+
+class DirectLine:
+    """A subscription's updates written to its socket from the task that offers them.
+
+    Its mailbox forwards each newer update here as the hub publishes it, and the line
+    writes it at once, in the hub's task. Only what has to wait (a socket whose buffer is
+    full, the pause between two deliveries, an execution that awaits) goes on in a task,
+    and updates offered meanwhile queue behind it, latest per sku, in the mailbox's order.
+    What cannot be rendered (errors) goes back to the mailbox with everything after it,
+    and the subscription takes the ordinary path from then on.
+    """
+
+    def __init__(
+        self,
+        delivery: Delivery,
+        mailbox: Mailbox,
+        to_payload: Callable[[StockLevel], object],
+        pause: float,
+    ) -> None:
+        self._delivery = delivery
+        self._mailbox = mailbox
+        self._to_payload = to_payload
+        self._pause = pause
+        self._loop = asyncio.get_running_loop()
+        self._next = self._loop.time() + pause  # the first results just went out
+        self._pending: dict[str, StockLevel] = {}
+        self._draining = False
+        self._finishing: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def offer(self, level: StockLevel) -> None:
+        if self._closed:
+            return
+        self._pending[level.sku] = level
+        if not self._draining:
+            self._draining = True
+            self._finishing = run_eagerly(self._drain())
+
+    def close(self) -> None:
+        self._closed = True
+        if self._finishing is not None:
+            self._finishing.cancel()
+
+    async def _drain(self) -> None:
+        levels: list[StockLevel] = []
+        try:
+            while self._pending and not self._closed:
+                # At most one delivery per interval; what arrives meanwhile coalesces. The
+                # first change after a quiet spell goes out at once.
+                if self._pause and (wait := self._next - self._loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                levels = list(self._pending.values())
+                self._pending.clear()
+                while levels:
+                    payload = await self._delivery.render(levels[0], self._to_payload)
+                    if payload is None:
+                        self._give_back(levels)
+                        return
+                    if not await self._delivery.send(payload):
+                        self._closed = True
+                        return
+                    del levels[0]
+                self._next = self._loop.time() + self._pause
+        except Exception:
+            # Never into the hub's loop: the ordinary path meets the failure the way
+            # Strawberry does.
+            log.warning(
+                "direct delivery failed; the subscription goes on without it", exc_info=True
+            )
+            self._give_back(levels)
+        finally:
+            self._draining = False
+            self._finishing = None
+
+    def _give_back(self, levels: Iterable[StockLevel]) -> None:
+        self._closed = True
+        undelivered = {level.sku: level for level in levels}
+        undelivered.update(self._pending)
+        self._pending.clear()
+        self._mailbox.hand_back(undelivered.values())
+
+
+def run_eagerly(coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """Run `coroutine` in the caller's task up to its first real wait: None if it finished
+    there (no task, nothing scheduled), else the task that finishes it. What Python
+    3.12's eager tasks do, without a Task object for the common case."""
+    try:
+        waiting = coroutine.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(_resume(coroutine, waiting))
+
+
+async def _resume(coroutine: Coroutine[Any, Any, None], waiting: object) -> None:
+    """Drive a coroutine that yielded `waiting` (a future, or None to let the loop run)
+    as a task would: resume it when the future is done, its outcome raised inside it."""
+    try:
+        while True:
+            if isinstance(waiting, asyncio.Future):
+                await asyncio.wait((waiting,))
+            else:
+                await asyncio.sleep(0)
+            waiting = coroutine.send(None)
+    except StopIteration:
+        return
+    finally:
+        coroutine.close()  # cancelled: the coroutine's own `finally` blocks run
 
 
 def _variables_in(fields: list[FieldNode], info: GraphQLResolveInfo[Any]) -> set[str]:

@@ -13,7 +13,7 @@ from starlette.requests import HTTPConnection
 from inventory_graphql.api import fields
 from inventory_graphql.api.client_limits import Lease, LimitReached, client_of
 from inventory_graphql.api.context import Context
-from inventory_graphql.api.delivery import Delivery
+from inventory_graphql.api.delivery import Delivery, DirectLine
 from inventory_graphql.api.errors import bad_input
 from inventory_graphql.api.internals import raw_info
 from inventory_graphql.api.types import Reservation
@@ -146,23 +146,29 @@ async def _updates(
             for product in products:
                 mailbox.offer(product.stock_level)
             pause = context.live_interval_seconds
-            delivery: Delivery | None = None
-            to_update = AvailabilityUpdate.from_domain
-            while True:
-                for level in await mailbox.take():
-                    if delivery and (payload := await delivery.render(level, to_update)):
-                        await delivery.send(payload)
-                    else:
+            line: DirectLine | None = None
+            try:
+                while True:
+                    for level in await mailbox.take():
                         yield AvailabilityUpdate.from_domain(level)
-                # The first results (the snapshot) take the ordinary path; the rest go
-                # straight to the socket when the transport allows it and direct delivery
-                # is on (then the process has renderings).
-                if delivery is None and context.renderings is not None:
-                    delivery = Delivery.open(raw_info(info), context.renderings)
-                # At most one delivery per interval per subscriber; changes arriving
-                # meanwhile coalesce in the mailbox (latest wins) and go out together.
-                # The first change after a quiet spell goes out at once.
-                if pause:
-                    await asyncio.sleep(pause)
+                    # The first results (the snapshot) take the ordinary path; the rest go
+                    # straight to the socket from the hub's task when the transport allows
+                    # it and direct delivery is on (then the process has renderings). The
+                    # mailbox is handed back only with what the line could not render.
+                    if line is None and context.renderings is not None:
+                        delivery = Delivery.open(raw_info(info), context.renderings)
+                        if delivery is not None:
+                            to_update = AvailabilityUpdate.from_domain
+                            line = DirectLine(delivery, mailbox, to_update, pause)
+                            mailbox.forward(line.offer)
+                            continue
+                    # At most one delivery per interval per subscriber; changes arriving
+                    # meanwhile coalesce in the mailbox (latest wins) and go out together.
+                    # The first change after a quiet spell goes out at once.
+                    if pause:
+                        await asyncio.sleep(pause)
+            finally:
+                if line is not None:
+                    line.close()
     finally:
         quota.release()

@@ -2,12 +2,15 @@
 
 A subscriber that reads slowly skips versions instead of growing a queue, so memory per
 subscriber is bounded by its number of skus whatever the client's speed; one that reads
-fast still sees every change.
+fast still sees every change. A subscriber may instead have its updates forwarded as they
+are offered (direct delivery writes them to its socket from the publisher's task, without
+waking the subscriber's own).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable
 
 from inventory_graphql.inventory.models import StockLevel
 
@@ -18,14 +21,38 @@ class Mailbox:
         self._pending: dict[str, StockLevel] = {}
         self._newest: dict[str, int] = {}  # highest version offered per sku
         self._ready = asyncio.Event()
+        self._forward: Callable[[StockLevel], None] | None = None
 
     def offer(self, level: StockLevel) -> None:
-        """Keep `level` if it is newer than anything this subscriber has seen for its sku."""
+        """Keep `level` if it is newer than anything this subscriber has seen for its sku
+        (or forward it, see `forward`)."""
         if level.version <= self._newest.get(level.sku, 0):
             return
         self._newest[level.sku] = level.version
+        if self._forward is not None:
+            self._forward(level)
+            return
         self._pending[level.sku] = level
         self._ready.set()
+
+    def forward(self, to: Callable[[StockLevel], None]) -> None:
+        """From now on hand every newer level to `to` when it is offered (in the offering
+        task), starting with what is pending; take() waits until `hand_back`."""
+        self._forward = to
+        taken = list(self._pending.values())
+        self._pending.clear()
+        self._ready.clear()
+        for level in taken:
+            to(level)
+
+    def hand_back(self, levels: Iterable[StockLevel]) -> None:
+        """Stop forwarding; `levels` (forwarded, not delivered: newer than any delivered)
+        are pending again, for take(), and so is what is offered from now on."""
+        self._forward = None
+        for level in levels:
+            self._pending[level.sku] = level
+        if self._pending:
+            self._ready.set()
 
     @property
     def pending(self) -> int:
