@@ -245,6 +245,7 @@ def create_app(
         live_interval_seconds=settings.live_interval_ms / 1000,
         direct_delivery=settings.direct_delivery,
         trusted_documents=trusted,
+        compiled_operations=settings.compiled_operations,
     )
     return Starlette(
         routes=[

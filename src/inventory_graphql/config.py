@@ -197,6 +197,8 @@ class Settings:
     # rendered once per selection (api/delivery.py). Off: Strawberry's ordinary path for
     # every event, which relies on no framework internals (see api/internals.py).
     direct_delivery: bool = _setting("INVENTORY_DIRECT_DELIVERY", True, _switch)
+    # A POST whose document is known runs from a plan made once (api/compiled_http.py).
+    compiled_operations: bool = _setting("INVENTORY_COMPILED_OPERATIONS", True, _switch)
     # None: `serve` generates one at start and prints it once; admin is never open.
     admin_token: str | None = _setting("INVENTORY_ADMIN_TOKEN", None, _text)
     # More admins, each by name ("ann:<token>,bob:<token>"): their writes carry the name.

@@ -35,6 +35,8 @@ class CachedDocument:
     errors: Sequence[GraphQLError] = ()
     fields: int | None = None  # expanded field count (request_guards)
     costs: dict[str | None, int | None] = field(default_factory=dict)  # operation -> cost
+    # operation -> its plan, or why it has none (compiled_http.py)
+    plans: dict[str | None, object] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str, **options: Any) -> CachedDocument:

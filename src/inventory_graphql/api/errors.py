@@ -15,6 +15,7 @@ import re
 
 import asyncpg
 from graphql import GraphQLError
+from starlette.responses import Response
 
 from inventory_graphql.api.internals import ErrorMasking
 from inventory_graphql.inventory.errors import Busy, is_busy, is_database_unavailable
@@ -46,49 +47,63 @@ class ErrorPolicy(ErrorMasking):
         self.hide_suggestions = hide_suggestions
 
     def anonymise_error(self, error: GraphQLError) -> GraphQLError:
-        request_id = current_request_id()
-        original = error.original_error
-        extensions = dict(error.extensions or {})
-        message = error.message
-        if original is not None and not isinstance(original, GraphQLError):
-            if is_busy(original):
-                log.debug("busy [request %s]: %r", request_id, original)
-                if isinstance(original, Busy):
-                    message = f"Busy: {original.reason}"
-                elif isinstance(original, asyncpg.exceptions.LockNotAvailableError):
-                    message = LOCKED_MESSAGE
-                else:
-                    message = SLOW_MESSAGE
-                extensions.update(code="BUSY", retriable=True)
-                self._set_status(503)
-            elif is_database_unavailable(original):
-                log.warning("database unavailable [request %s]: %r", request_id, original)
-                message = UNAVAILABLE_MESSAGE
-                extensions.update(code="DATABASE_UNAVAILABLE", retriable=True)
-                self._set_status(503)
-            else:
-                log.error(
-                    "internal error [request %s] at %s",
-                    request_id,
-                    error.path,
-                    exc_info=(type(original), original, original.__traceback__),
-                )
-                message = "Internal server error."
-                extensions.update(code="INTERNAL_SERVER_ERROR")
-        extensions["requestId"] = request_id
-        if self.hide_suggestions:
-            message = SUGGESTION.sub("", message)
-        return GraphQLError(
-            message,
-            nodes=error.nodes,
-            source=error.source,
-            positions=error.positions,
-            path=error.path,
-            extensions=extensions,
-        )
+        shown, status = shown_error(error, hide_suggestions=self.hide_suggestions)
+        if status is not None:
+            self._set_status(status)
+        return shown
 
     def _set_status(self, status: int) -> None:
         response = getattr(self.execution_context.context, "response", None)
         if response is not None:
-            response.status_code = status
-            response.headers["Retry-After"] = "1"
+            set_retriable_status(response, status)
+
+
+def set_retriable_status(response: Response, status: int) -> None:
+    response.status_code = status
+    response.headers["Retry-After"] = "1"
+
+
+def shown_error(error: GraphQLError, *, hide_suggestions: bool) -> tuple[GraphQLError, int | None]:
+    """What a client is shown of `error`, and the HTTP status it calls for (None: 200)."""
+    request_id = current_request_id()
+    original = error.original_error
+    extensions = dict(error.extensions or {})
+    message = error.message
+    status = None
+    if original is not None and not isinstance(original, GraphQLError):
+        if is_busy(original):
+            log.debug("busy [request %s]: %r", request_id, original)
+            if isinstance(original, Busy):
+                message = f"Busy: {original.reason}"
+            elif isinstance(original, asyncpg.exceptions.LockNotAvailableError):
+                message = LOCKED_MESSAGE
+            else:
+                message = SLOW_MESSAGE
+            extensions.update(code="BUSY", retriable=True)
+            status = 503
+        elif is_database_unavailable(original):
+            log.warning("database unavailable [request %s]: %r", request_id, original)
+            message = UNAVAILABLE_MESSAGE
+            extensions.update(code="DATABASE_UNAVAILABLE", retriable=True)
+            status = 503
+        else:
+            log.error(
+                "internal error [request %s] at %s",
+                request_id,
+                error.path,
+                exc_info=(type(original), original, original.__traceback__),
+            )
+            message = "Internal server error."
+            extensions.update(code="INTERNAL_SERVER_ERROR")
+    extensions["requestId"] = request_id
+    if hide_suggestions:
+        message = SUGGESTION.sub("", message)
+    shown = GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        extensions=extensions,
+    )
+    return shown, status

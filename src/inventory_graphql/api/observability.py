@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from graphql import FieldNode, OperationDefinitionNode
+from graphql import DocumentNode, FieldNode, GraphQLSchema, OperationDefinitionNode
 from strawberry.extensions import SchemaExtension
 
 from inventory_graphql.api.internals import core_schema
@@ -25,26 +25,32 @@ class OperationMetrics(SchemaExtension):
             metrics.operation_errors.labels(field, kind).inc()
 
     def _labels(self) -> tuple[str, str]:
-        # The root field, not the client's operation name: names are free text and would
-        # give an attacker unbounded label cardinality; fields are bounded by the schema.
         document = self.execution_context.graphql_document
         if document is None:
             return "invalid", "unknown"
-        schema = core_schema(self.execution_context.schema)
-        if schema is None:
-            return "unknown", "unknown"
-        for definition in document.definitions:
-            if isinstance(definition, OperationDefinitionNode):
-                kind = definition.operation.value
-                root = {
-                    "query": schema.query_type,
-                    "mutation": schema.mutation_type,
-                    "subscription": schema.subscription_type,
-                }[kind]
-                for selection in definition.selection_set.selections:
-                    if isinstance(selection, FieldNode):
-                        name = selection.name.value
-                        known = root is not None and name in root.fields
-                        return (name if known or name == "__typename" else "invalid"), kind
-                return "fragment", kind
-        return "invalid", "unknown"
+        return operation_labels(document, core_schema(self.execution_context.schema))
+
+
+def operation_labels(document: DocumentNode, schema: GraphQLSchema | None) -> tuple[str, str]:
+    """The labels of `document`'s operation: its first root field, and its kind.
+
+    The root field, not the client's operation name: names are free text and would give
+    an attacker unbounded label cardinality; fields are bounded by the schema.
+    """
+    if schema is None:
+        return "unknown", "unknown"
+    for definition in document.definitions:
+        if isinstance(definition, OperationDefinitionNode):
+            kind = definition.operation.value
+            root = {
+                "query": schema.query_type,
+                "mutation": schema.mutation_type,
+                "subscription": schema.subscription_type,
+            }[kind]
+            for selection in definition.selection_set.selections:
+                if isinstance(selection, FieldNode):
+                    name = selection.name.value
+                    known = root is not None and name in root.fields
+                    return (name if known or name == "__typename" else "invalid"), kind
+            return "fragment", kind
+    return "invalid", "unknown"

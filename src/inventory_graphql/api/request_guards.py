@@ -39,7 +39,7 @@ from strawberry.extensions import SchemaExtension
 from strawberry.types.graphql import OperationType
 
 from inventory_graphql.api.client_limits import client_of
-from inventory_graphql.api.cost_budget import HOLD_SECONDS, CostBudget
+from inventory_graphql.api.cost_budget import HOLD_SECONDS, CostBudget, OverBudget
 from inventory_graphql.api.document_cache import CachedDocument, DocumentCache
 from inventory_graphql.api.query_cost import CostModel
 from inventory_graphql.request_id import current_request_id
@@ -207,15 +207,11 @@ class RequestGuards(SchemaExtension):
         return None
 
     def _timed_out(self, budget: float) -> GraphQLError:
-        # Like BUSY: nothing was done, so it may be retried as it is (HTTP 503).
         response = getattr(self.execution_context.context, "response", None)
         if response is not None:
             response.status_code = 503
             response.headers["Retry-After"] = "1"
-        return GraphQLError(
-            f"The query ran past its time limit ({budget:g} s); nothing was changed.",
-            extensions={"code": "TIMEOUT", "retriable": True, "requestId": current_request_id()},
-        )
+        return timed_out(budget)
 
     def _refusal(self) -> GraphQLError | None:
         context = self.execution_context
@@ -272,15 +268,7 @@ class RequestGuards(SchemaExtension):
         if response is not None:  # HTTP: 429, and when to come back
             response.status_code = 429
             response.headers["Retry-After"] = str(math.ceil(over.retry_after))
-        return GraphQLError(
-            over.message,
-            extensions={
-                "code": "RATE_LIMITED",
-                "retriable": True,
-                "retryAfterSeconds": over.retry_after,
-                "price": over.price,
-            },
-        )
+        return rate_limited(over)
 
     def _priced(self, entry: CachedDocument) -> tuple[int, GraphQLError | None]:
         """The operation's cost, and the refusal if it is over the limit."""
@@ -310,3 +298,23 @@ class RequestGuards(SchemaExtension):
             "fewer items (`first`, `skus`) or fewer fields.",
             extensions={"code": "QUERY_TOO_EXPENSIVE", "cost": cost, "limit": model.limit},
         )
+
+
+def timed_out(budget: float) -> GraphQLError:
+    # Like BUSY: nothing was done, so it may be retried as it is (HTTP 503).
+    return GraphQLError(
+        f"The query ran past its time limit ({budget:g} s); nothing was changed.",
+        extensions={"code": "TIMEOUT", "retriable": True, "requestId": current_request_id()},
+    )
+
+
+def rate_limited(over: OverBudget) -> GraphQLError:
+    return GraphQLError(
+        over.message,
+        extensions={
+            "code": "RATE_LIMITED",
+            "retriable": True,
+            "retryAfterSeconds": over.retry_after,
+            "price": over.price,
+        },
+    )

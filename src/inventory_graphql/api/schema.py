@@ -257,6 +257,11 @@ SubscriptionRoot = merge_types(
 
 
 class InventorySchema(strawberry.Schema):
+    # Set by build_schema: what the lean request path (compiled_http.py) checks as the
+    # extensions would.
+    guards: Guards | None = None
+    hide_suggestions: bool = False
+
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         # Strawberry logs every error with a traceback, a client's typo included. Client
         # errors are answered, not logged; ErrorPolicy logs the server's own failures.
@@ -319,6 +324,7 @@ def build_schema(
         execution_context_class=Executor,
     )
     guards.costs = cost_model(built, max_query_cost)
+    built.guards, built.hide_suggestions = guards, production
     return built
 
 
