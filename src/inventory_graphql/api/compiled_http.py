@@ -38,7 +38,13 @@ from inventory_graphql.api.document_cache import CachedDocument
 from inventory_graphql.api.errors import shown_error
 from inventory_graphql.api.internals import core_schema
 from inventory_graphql.api.observability import operation_labels
-from inventory_graphql.api.request_guards import Guards, rate_limited, timed_out, variable_values
+from inventory_graphql.api.request_guards import (
+    Guards,
+    priced,
+    rate_limited,
+    timed_out,
+    variable_values,
+)
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 JSON = b"application/json"
@@ -170,13 +176,8 @@ class LeanPath:
         values, problem = variable_values(variables, max_values, limits.max_variable_depth)
         if problem:
             return None
-        model = self.guards.costs
-        if model is None:
-            return values
-        cost = entry.costs.get(name)
-        if cost is None or cost > model.limit:
-            return None
-        return cost + values
+        cost, refusal = priced(self.guards, entry, name, variables)
+        return None if refusal else cost + values
 
     async def _over_budget(
         self, context: Context, price: int, response: Response

@@ -271,33 +271,8 @@ class RequestGuards(SchemaExtension):
         return rate_limited(over)
 
     def _priced(self, entry: CachedDocument) -> tuple[int, GraphQLError | None]:
-        """The operation's cost, and the refusal if it is over the limit."""
-        model = self.guards.costs
-        if model is None:
-            return 0, None
         context = self.execution_context
-        name = context.operation_name
-        if name in entry.costs:
-            cost = entry.costs[name]
-        else:
-            cost = model.cost(entry.document, name)
-            # Kept for the names the document has (a client-chosen name would grow this).
-            if name is None or any(
-                isinstance(d, OperationDefinitionNode) and d.name and d.name.value == name
-                for d in entry.document.definitions
-            ):
-                entry.costs[name] = cost
-        if (cost is None or cost > model.limit) and context.variables:
-            cost = model.cost(entry.document, name, context.variables)  # the values given
-        if cost is not None and cost <= model.limit:
-            return cost, None
-        stated = f"costs {cost}" if cost is not None else f"costs more than {model.limit}"
-        return model.limit, GraphQLError(
-            f"Query {stated}; the limit is {model.limit}. Each field costs 1 (more if it "
-            "reads the database), times the most items of every list it is in: ask for "
-            "fewer items (`first`, `skus`) or fewer fields.",
-            extensions={"code": "QUERY_TOO_EXPENSIVE", "cost": cost, "limit": model.limit},
-        )
+        return priced(self.guards, entry, context.operation_name, context.variables)
 
 
 def timed_out(budget: float) -> GraphQLError:
@@ -317,4 +292,34 @@ def rate_limited(over: OverBudget) -> GraphQLError:
             "retryAfterSeconds": over.retry_after,
             "price": over.price,
         },
+    )
+
+
+def priced(
+    guards: Guards, entry: CachedDocument, name: str | None, variables: object
+) -> tuple[int, GraphQLError | None]:
+    """The operation's cost, and the refusal if it is over the limit."""
+    model = guards.costs
+    if model is None:
+        return 0, None
+    if name in entry.costs:
+        cost = entry.costs[name]
+    else:
+        cost = model.cost(entry.document, name)
+        # Kept for the names the document has (a client-chosen name would grow this).
+        if name is None or any(
+            isinstance(d, OperationDefinitionNode) and d.name and d.name.value == name
+            for d in entry.document.definitions
+        ):
+            entry.costs[name] = cost
+    if (cost is None or cost > model.limit) and isinstance(variables, dict) and variables:
+        cost = model.cost(entry.document, name, variables)  # the values given
+    if cost is not None and cost <= model.limit:
+        return cost, None
+    stated = f"costs {cost}" if cost is not None else f"costs more than {model.limit}"
+    return model.limit, GraphQLError(
+        f"Query {stated}; the limit is {model.limit}. Each field costs 1 (more if it "
+        "reads the database), times the most items of every list it is in: ask for "
+        "fewer items (`first`, `skus`) or fewer fields.",
+        extensions={"code": "QUERY_TOO_EXPENSIVE", "cost": cost, "limit": model.limit},
     )
