@@ -15,12 +15,20 @@ connection to answer 431), `headers`, `url`, `cycle`, `pipeline`, `flow`, `conne
 `disconnected`, `message_event`; the keyword arguments uvicorn's server builds a
 protocol with (`config`, `server_state`, `app_state`, `_loop`); and its proxy headers
 middleware's `trusted_hosts`, a `_TrustedHosts` (see `FastTrustedHosts`).
+
+Text frames (`TextFrames`, direct delivery's socket write): after an upgrade, the
+WebSocketsSansIOProtocol's `scope` (its `extensions`), and at each write its `transport`,
+`writable` (cleared while the transport's buffer is full), `close_sent`, `disconnected`,
+`handshake_complete`, `initial_response` and `conn` (websockets' ServerProtocol: `state`,
+`extensions`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import http
+import struct
+import weakref
 from importlib.metadata import version
 from typing import Any, cast
 
@@ -28,7 +36,9 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware, _TrustedHosts
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.protocol import State
 
 from inventory_graphql.config import Settings
 from inventory_graphql.http_limits import (
@@ -39,7 +49,7 @@ from inventory_graphql.http_limits import (
     TrustedPeers,
 )
 
-FENCED_VERSIONS = {"uvicorn": "0.55.0", "httptools": "0.9.0"}
+FENCED_VERSIONS = {"uvicorn": "0.55.0", "httptools": "0.9.0", "websockets": "17.4"}
 
 # A connection's phase. Plain ints, compared on every read (the last two in order).
 HEAD = 0  # reading a request head (request line and headers)
@@ -174,6 +184,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
         super().handle_websocket_upgrade()
+        TextFrames.offer(self.transport.get_protocol())
         key, self._key = self._key, None
         if key is None:
             return
@@ -369,6 +380,65 @@ def _refusal_app(reason: str) -> Any:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     return refuse
+
+
+# Where a WebSocket's scope carries its TextFrames, when it has one.
+TEXT_FRAMES = "inventory.text_frames"
+
+
+class TextFrames:
+    """A WebSocket's text messages written as frames straight to its transport.
+
+    What uvicorn and websockets do per message (encode the text, build a Frame, check it,
+    serialize it, join the output) is the same for every subscriber of an update; direct
+    delivery builds the bytes once and writes them here. Offered only on a connection
+    without extensions (permessage-deflate would compress per socket: websockets' own
+    path does that). A write is refused, for the caller to send the ordinary way, whenever
+    that way would not write at once: the transport's buffer full, the connection not open.
+    """
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+        # Weak: the scope holding this belongs to the protocol (no reference cycle).
+        self._protocol = weakref.ref(protocol)
+
+    @classmethod
+    def offer(cls, protocol: object) -> None:
+        """Put a TextFrames in an upgraded connection's scope, when it can have one."""
+        scope = getattr(protocol, "scope", None)
+        if (
+            isinstance(protocol, WebSocketsSansIOProtocol)
+            and isinstance(scope, dict)
+            and not protocol.conn.extensions
+        ):
+            scope["extensions"][TEXT_FRAMES] = cls(protocol)
+
+    def write(self, text: bytes) -> bool:
+        """Write `text` (UTF-8) as one text message; False if it was not written."""
+        protocol = self._protocol()
+        if (
+            protocol is None
+            or protocol.close_sent
+            or protocol.disconnected
+            or not protocol.handshake_complete
+            or protocol.initial_response is not None
+            or not protocol.writable.is_set()
+            or protocol.conn.state is not State.OPEN
+        ):
+            return False
+        protocol.transport.write(text_frame_header(len(text)) + text)
+        return True
+
+
+def text_frame_header(length: int) -> bytes:
+    """A server's (unmasked) final text frame's header for a payload of `length` bytes
+    (RFC 6455 5.2)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)
 
 
 def http_protocol(settings: Settings) -> type[asyncio.Protocol]:

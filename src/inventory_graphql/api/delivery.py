@@ -8,15 +8,17 @@ variables and errors are Strawberry's), a subscription over graphql-transport-ws
 updates to a Delivery instead: graphql-core still executes the subscriber's selection, but
 once per (update, selection) in the process, and every subscriber who asked the same gets
 the same JSON text. A DirectLine writes it from the hub's own task as the hub publishes the
-update: no subscriber's task wakes up and no timer is set for a quiet subscriber, so a
-delivery costs the lookup and the socket write.
+update: no subscriber's task wakes up and no timer is set for a quiet subscriber. Where the
+server offers it (http_protocol.TextFrames), the message goes to the transport as a frame
+built from those bytes, not through Starlette, uvicorn and websockets per subscriber: a
+delivery costs a lookup, a concatenation and the socket write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -30,6 +32,7 @@ from inventory_graphql.api.internals import (
     execute_event,
     subscription_executor,
 )
+from inventory_graphql.http_protocol import TEXT_FRAMES, TextFrames
 from inventory_graphql.inventory.models import StockLevel
 from inventory_graphql.live.mailbox import Mailbox
 
@@ -37,19 +40,19 @@ log = logging.getLogger(__name__)
 
 
 class Renderings:
-    """Rendered `payload` texts by (selection, update); one per process, in the lifespan."""
+    """Rendered `payload` JSON by (selection, update); one per process, in the lifespan."""
 
     def __init__(self, max_entries: int = 20_000) -> None:
-        self._texts: dict[tuple[object, int], tuple[object, str]] = {}
+        self._texts: dict[tuple[object, int], tuple[object, bytes]] = {}
         self._max_entries = max_entries
 
-    def get(self, selection: object, update: object) -> str | None:
+    def get(self, selection: object, update: object) -> bytes | None:
         # Keyed by the update's identity: the hub hands the same object to every mailbox.
         # The entry holds the object, so its id cannot be reused while the entry lives.
         found = self._texts.get((selection, id(update)))
         return found[1] if found is not None and found[0] is update else None
 
-    def put(self, selection: object, update: object, text: str) -> None:
+    def put(self, selection: object, update: object, text: bytes) -> None:
         if len(self._texts) >= self._max_entries:
             self._texts.clear()  # rarely: updates are short-lived, a cold start is cheap
         self._texts[(selection, id(update))] = (update, text)
@@ -70,7 +73,9 @@ class Delivery:
         self._operation = operation
         self._socket = socket
         self._executor: Executor | None = None
-        self._prefix = f'{{"id":{orjson.dumps(operation.id).decode()},"type":"next","payload":'
+        self._prefix = b'{"id":' + orjson.dumps(operation.id) + b',"type":"next","payload":'
+        frames = (socket.scope.get("extensions") or {}).get(TEXT_FRAMES)
+        self._frames = frames if isinstance(frames, TextFrames) else None
         # What the rendering depends on: the document, and the values of the variables
         # the selection uses (not the root field's arguments, so pages watching different
         # skus with one document share their renderings).
@@ -92,7 +97,20 @@ class Delivery:
             return None
         return cls(info, operation, socket, renderings)
 
-    async def render(self, change: Any, to_payload: Callable[[Any], object]) -> str | None:
+    def rendered(self, change: Any) -> bytes | None:
+        """The `payload` JSON for a change, if some subscriber's delivery rendered it."""
+        return self._renderings.get(self.selection, change)
+
+    def write_now(self, payload: bytes) -> bool:
+        """Write the `next` message if the socket takes it at once as a frame; False if
+        not written (then `send` it)."""
+        return (
+            self._frames is not None
+            and not self._operation.completed()
+            and self._frames.write(self._prefix + payload + b"}")
+        )
+
+    async def render(self, change: Any, to_payload: Callable[[Any], object]) -> bytes | None:
         """The `payload` JSON for a change (the object the hub shares between mailboxes),
         executed on `to_payload(change)`; None when executing it gave errors."""
         if (text := self._renderings.get(self.selection, change)) is not None:
@@ -104,17 +122,20 @@ class Delivery:
         result = await execute_event(self._executor, to_payload(change))
         if result.errors:
             return None  # the ordinary path reports errors the way Strawberry does
-        text = orjson.dumps({"data": result.data}).decode()
+        text = orjson.dumps({"data": result.data})
         self._renderings.put(self.selection, change, text)
         return text
 
-    async def send(self, payload: str) -> bool:
+    async def send(self, payload: bytes) -> bool:
         """Write the `next` message; False once the operation is over or its socket gone
         (the connection's handler has seen it too, and cancels the operation)."""
         if self._operation.completed():
             return False
+        message = self._prefix + payload + b"}"
+        if self._frames is not None and self._frames.write(message):
+            return True
         try:
-            await self._socket.send_text(f"{self._prefix}{payload}}}")
+            await self._socket.send_text(message.decode())
         except WebSocketDisconnect:
             return False
         return True
@@ -143,16 +164,33 @@ class DirectLine:
         self._to_payload = to_payload
         self._pause = pause
         self._loop = asyncio.get_running_loop()
-        self._next = self._loop.time() + pause  # the first results just went out
+        # When the next delivery may go out (the first results just did); 0: any time.
+        self._next = self._loop.time() + pause if pause else 0.0
         self._pending: dict[str, StockLevel] = {}
         self._draining = False
         self._finishing: asyncio.Task[None] | None = None
         self._closed = False
 
-    def offer(self, level: StockLevel) -> None:
+    def offer(self, levels: Sequence[StockLevel]) -> None:
+        """Levels published together: written together, in one delivery."""
         if self._closed:
             return
-        self._pending[level.sku] = level
+        # The common case, without a coroutine: nothing queued, no pause to wait out, the
+        # updates already rendered for this selection, the socket taking the frames now.
+        written = 0
+        if not self._draining:
+            now = self._loop.time() if self._pause else 0.0
+            if now >= self._next:
+                for level in levels:
+                    payload = self._delivery.rendered(level)
+                    if payload is None or not self._delivery.write_now(payload):
+                        break
+                    written += 1
+                if written == len(levels):
+                    self._next = now + self._pause
+                    return
+        for level in levels[written:]:
+            self._pending[level.sku] = level
         if not self._draining:
             self._draining = True
             self._finishing = run_eagerly(self._drain())
@@ -181,7 +219,8 @@ class DirectLine:
                         self._closed = True
                         return
                     del levels[0]
-                self._next = self._loop.time() + self._pause
+                if self._pause:
+                    self._next = self._loop.time() + self._pause
         except Exception:
             # Never into the hub's loop: the ordinary path meets the failure the way
             # Strawberry does.

@@ -118,9 +118,22 @@ class AvailabilityHub:
             self._commit_flags.discard(flag)
 
     def publish(self, levels: Iterable[StockLevel]) -> None:
-        for level in levels:
-            for mailbox in self._watchers.get(level.sku, ()):
-                mailbox.offer(level)
+        watched = [level for level in levels if level.sku in self._watchers]
+        if len(watched) == 1:
+            for mailbox in self._watchers[watched[0].sku]:
+                mailbox.offer(watched[0])
+            return
+        # A mailbox gets what was published together in one offer: a subscriber of several
+        # of these skus is sent them as one delivery (its pause starts after all of them).
+        batches: dict[Mailbox, list[StockLevel]] = {}
+        for level in watched:
+            for mailbox in self._watchers[level.sku]:
+                if (batch := batches.get(mailbox)) is None:
+                    batches[mailbox] = [level]
+                else:
+                    batch.append(level)
+        for mailbox, batch in batches.items():
+            mailbox.offer_all(batch)
 
     async def publish_notified(self, levels: Iterable[StockLevel]) -> None:
         """Publish what a NOTIFY says, when the database's own order explains it.

@@ -10,7 +10,7 @@ waking the subscriber's own).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from inventory_graphql.inventory.models import StockLevel
 
@@ -21,7 +21,7 @@ class Mailbox:
         self._pending: dict[str, StockLevel] = {}
         self._newest: dict[str, int] = {}  # highest version offered per sku
         self._ready = asyncio.Event()
-        self._forward: Callable[[StockLevel], None] | None = None
+        self._forward: Callable[[Sequence[StockLevel]], None] | None = None
 
     def offer(self, level: StockLevel) -> None:
         """Keep `level` if it is newer than anything this subscriber has seen for its sku
@@ -30,20 +30,34 @@ class Mailbox:
             return
         self._newest[level.sku] = level.version
         if self._forward is not None:
-            self._forward(level)
+            self._forward((level,))
             return
         self._pending[level.sku] = level
         self._ready.set()
 
-    def forward(self, to: Callable[[StockLevel], None]) -> None:
+    def offer_all(self, levels: Sequence[StockLevel]) -> None:
+        """Offer levels published together (forwarded together, too)."""
+        if self._forward is None:
+            for level in levels:
+                self.offer(level)
+            return
+        newer = []
+        for level in levels:
+            if level.version > self._newest.get(level.sku, 0):
+                self._newest[level.sku] = level.version
+                newer.append(level)
+        if newer:
+            self._forward(newer)
+
+    def forward(self, to: Callable[[Sequence[StockLevel]], None]) -> None:
         """From now on hand every newer level to `to` when it is offered (in the offering
         task), starting with what is pending; take() waits until `hand_back`."""
         self._forward = to
         taken = list(self._pending.values())
         self._pending.clear()
         self._ready.clear()
-        for level in taken:
-            to(level)
+        if taken:
+            to(taken)
 
     def hand_back(self, levels: Iterable[StockLevel]) -> None:
         """Stop forwarding; `levels` (forwarded, not delivered: newer than any delivered)
