@@ -127,6 +127,7 @@ def _run_uvicorn(
             timeout_graceful_shutdown=GRACE_SECONDS,
             # uvicorn's default is 16 MiB: one such message froze the event loop for seconds.
             ws_max_size=settings.max_ws_message_bytes,
+            ws_per_message_deflate=settings.ws_per_message_deflate,
             http=http,
         )
         return
@@ -144,6 +145,7 @@ def _run_uvicorn(
         timeout_graceful_shutdown=GRACE_SECONDS,
         # uvicorn's default is 16 MiB: one such message froze the event loop for seconds.
         ws_max_size=settings.max_ws_message_bytes,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
         http=http,
     )
 

@@ -223,6 +223,10 @@ class Settings:
     max_ws_message_bytes: int = _setting(
         "INVENTORY_MAX_WS_MESSAGE_BYTES", 64 * 1024, _integer(1024)
     )
+    # permessage-deflate, which browsers offer: on, every subscriber's socket compresses
+    # the same update again (and direct delivery cannot write it as a ready frame). An
+    # availability update is ~200 bytes of JSON; off by default.
+    ws_per_message_deflate: bool = _setting("INVENTORY_WS_PER_MESSAGE_DEFLATE", False, _switch)
     # HTTP limits applied by `serve` (http_limits.py). A request line plus headers: 16 KiB
     # like Node's default (uvicorn had no limit: a 128 MB header was read whole).
     max_header_bytes: int = _setting("INVENTORY_MAX_HEADER_BYTES", 16 * 1024, _integer(1024))
