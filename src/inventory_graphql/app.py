@@ -209,6 +209,12 @@ def create_app(
                     **_readings(service, hub, listener),
                     **reservation_hub.readings(),
                     **_client_limit_readings(limits, budget),
+                    "inventory_compiled_operations": (
+                        "counter",
+                        "HTTP operations answered from a compiled plan, without Strawberry's "
+                        "view (INVENTORY_COMPILED_OPERATIONS)",
+                        lambda: graphql.lean.answered if graphql.lean is not None else 0,
+                    ),
                 }
             )
             stack.callback(metrics.unwatch)

@@ -76,6 +76,7 @@ class LeanPath:
         self.guards = guards
         self.hide_suggestions = hide_suggestions
         self.basic = _basic_fields(schema, core)
+        self.answered = 0  # requests this path answered (the rest went to the view)
 
     async def __call__(
         self, view: View, scope: Scope, receive: Receive, send: Send, fallback: ASGIApp
@@ -139,6 +140,7 @@ class LeanPath:
             shown.append(error.formatted)
         payload = {"data": result, "errors": shown} if shown else {"data": result}
         await _send_json(send, orjson.dumps(payload), response)
+        self.answered += 1
         if context.metrics is not None:
             field, kind = compiled.labels
             context.metrics.operations.labels(field, kind).observe(time.perf_counter() - started)
