@@ -248,7 +248,11 @@ def run_eagerly(coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None] | No
         waiting = coroutine.send(None)
     except StopIteration:
         return None
-    return asyncio.ensure_future(_resume(coroutine, waiting))
+    task = asyncio.ensure_future(_resume(coroutine, waiting))
+    # However the task ends (even cancelled before it first ran), the coroutine's own
+    # `finally` blocks run: closing a finished coroutine does nothing.
+    task.add_done_callback(lambda _: coroutine.close())
+    return task
 
 
 async def _resume(coroutine: Coroutine[Any, Any, None], waiting: object) -> None:
@@ -263,8 +267,6 @@ async def _resume(coroutine: Coroutine[Any, Any, None], waiting: object) -> None
             waiting = coroutine.send(None)
     except StopIteration:
         return
-    finally:
-        coroutine.close()  # cancelled: the coroutine's own `finally` blocks run
 
 
 def _variables_in(fields: list[FieldNode], info: GraphQLResolveInfo[Any]) -> set[str]:
