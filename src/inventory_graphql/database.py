@@ -140,6 +140,19 @@ class BoundedPool(asyncpg.Pool):
             log.warning("discarded a broken pool connection: %r", error)
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """What a pool connection needs on its way back: nothing more than asyncpg does first
+    (it rolls back a transaction left open and drops listeners).
+
+    asyncpg's default also sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL` on every release: a second round trip for each query a pool shortcut runs
+    (product reads; each coalesced batch). Pool users leave no session state to undo:
+    settings are `SET LOCAL` or startup parameters, advisory locks are `_xact_` ones
+    (the migration lock is released explicitly), cursors live in transactions, and LISTEN
+    has connections of its own.
+    """
+
+
 @contextlib.asynccontextmanager
 async def connect_pool(database_url: str, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     # A small pool on purpose: hundreds of backends fighting over one hot row are slower
@@ -147,7 +160,7 @@ async def connect_pool(database_url: str, settings: Settings) -> AsyncIterator[a
     # A short connect timeout: while the database is away, requests fail fast instead of
     # hanging on a connection attempt.
     # The deadlines are session defaults (startup parameters): no round trip per
-    # transaction, and the pool's RESET ALL on release restores them.
+    # transaction.
     # The deadlines are also asyncpg's create_pool defaults below: create_pool takes no
     # pool class, so the subclass is built as create_pool would build it.
     pool = BoundedPool(
@@ -160,6 +173,7 @@ async def connect_pool(database_url: str, settings: Settings) -> AsyncIterator[a
         loop=None,
         connection_class=asyncpg.Connection,
         record_class=asyncpg.Record,
+        reset=_keep_session,
         timeout=5,
         server_settings={
             "application_name": APPLICATION_NAME,
