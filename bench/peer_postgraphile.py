@@ -61,13 +61,20 @@ import asyncpg
 
 from bench.harness import RESULTS, ROOT
 from bench.harness.cpu import QuietBudget, cpu_meter, wait_until_quiet
-from bench.harness.database import Products, postgres, run_check, seed, settled, stock
+from bench.harness.database import (
+    Products,
+    migrated_by,
+    postgres,
+    run_check,
+    seed,
+    settled,
+    stock,
+)
 from bench.harness.drivers.wrk import wrk_threads
 from bench.harness.plan import LOADS, MODES, server_env
 from bench.harness.results import WrkResult
 from bench.harness.session import raise_open_files_limit
-from bench.harness.versions import describe
-from inventory_graphql.database import create_migrated_database
+from bench.harness.versions import describe, expect_imports, export_src, snapshot_src
 from inventory_graphql.testing.server import ServerProcess, free_port
 
 DATABASE = "inventory_bench_peer_postgraphile"
@@ -289,13 +296,26 @@ class Options:
     clients: list[int]
     peer_pool: int | None
     quiet_wait: float
+    ref: str | None  # the service's code: a commit, or None for this checkout's src/
 
 
-async def run(options: Options, node: Path) -> list[Point]:
+def service_code(ref: str | None, into: Path) -> tuple[str, str]:
+    """The service's src/ to measure, copied under `into` (a checkout being edited during
+    the run changes nothing measured), and what it is."""
+    if ref is not None:
+        return str(export_src(ref, into)), describe(ref)
+    code = snapshot_src(into)
+    changed = f" + uncommitted src/ changes ({code.diff_sha256})" if code.src_changed else ""
+    return str(into / "src"), code.commit + changed
+
+
+async def run(options: Options, node: Path, src: str) -> list[Point]:
+    """Every round's points; the service from `src` (on PYTHONPATH), on a database its
+    own migrations made."""
     points: list[Point] = []
     quiet = QuietBudget(options.quiet_wait)
     with postgres() as server:
-        url = await create_migrated_database(server, DATABASE, replace=True)
+        url = await migrated_by(Path(src), server, DATABASE)
         conn = await asyncpg.connect(url)
         try:
             await conn.execute(PEER_SQL.read_text())
@@ -392,6 +412,7 @@ def main() -> None:
     parser.add_argument(
         "--peer-pool", type=int, help="pg pool size per peer process (default: pg's, 10)"
     )
+    parser.add_argument("--ref", help="measure this commit's service (default: this checkout's)")
     parser.add_argument(
         "--quiet-wait",
         type=float,
@@ -409,18 +430,24 @@ def main() -> None:
         args.clients,
         args.peer_pool,
         args.quiet_wait,
+        args.ref,
     )
     node = peer_node()
     raise_open_files_limit()
     postgraphile = json.loads((PEER / "package.json").read_text())["dependencies"]["postgraphile"]
-    about = {
-        "commit": describe("HEAD"),
-        "node": ".".join(map(str, _version(node))),
-        "postgraphile": postgraphile,
-        "options": asdict(options),
-    }
-    print(f"service: {about['commit']}\npeer: PostGraphile {postgraphile} on Node {about['node']}")
-    points = asyncio.run(run(options, node))
+    with tempfile.TemporaryDirectory(prefix="peer-postgraphile-") as tmp:
+        src, service = service_code(args.ref, Path(tmp))
+        # Servers and `check` (run_check) all import the measured code.
+        os.environ["PYTHONPATH"] = src
+        expect_imports({"service": src})
+        about = {
+            "service": service,
+            "node": ".".join(map(str, _version(node))),
+            "postgraphile": postgraphile,
+            "options": asdict(options),
+        }
+        print(f"service: {service}\npeer: PostGraphile {postgraphile} on Node {about['node']}")
+        points = asyncio.run(run(options, node, src))
     rows = summarize(points)
     report(rows)
     out = RESULTS / "peer_postgraphile.json"
