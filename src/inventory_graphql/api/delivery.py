@@ -199,6 +199,9 @@ class DirectLine:
         self._closed = True
         if self._finishing is not None:
             self._finishing.cancel()
+        # Nothing more to forward: the mailbox lets go of the line (no reference cycle
+        # left for the garbage collector).
+        self._mailbox.hand_back(())
 
     async def _drain(self) -> None:
         levels: list[StockLevel] = []
