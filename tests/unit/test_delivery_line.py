@@ -68,7 +68,7 @@ class FakeDelivery:
 
 def line_for(mailbox: Mailbox, delivery: FakeDelivery, pause: float = 0.0) -> DirectLine:
     line = DirectLine(cast(Delivery, delivery), mailbox, lambda level: level, pause)
-    mailbox.forward(line.offer)
+    mailbox.forward(line)
     return line
 
 
@@ -127,9 +127,11 @@ async def test_a_socket_that_is_not_writable_gets_its_updates_in_order_later() -
     mailbox.offer(level("B", 2))
     await settle()
     assert delivery.written == []
+    assert mailbox.pending == 2  # what waits behind A:1 counts (the pending updates gauge)
     delivery.gate.set()
     await settle()
     assert delivery.written == [b"A:1", b"B:2", b"A:2"]
+    assert mailbox.pending == 0
 
 
 async def test_what_cannot_be_rendered_goes_back_to_the_mailbox() -> None:

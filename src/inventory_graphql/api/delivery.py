@@ -195,6 +195,10 @@ class DirectLine:
             self._draining = True
             self._finishing = run_eagerly(self._drain())
 
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
     def close(self) -> None:
         self._closed = True
         if self._finishing is not None:

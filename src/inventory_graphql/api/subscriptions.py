@@ -160,7 +160,7 @@ async def _updates(
                         if delivery is not None:
                             to_update = AvailabilityUpdate.from_domain
                             line = DirectLine(delivery, mailbox, to_update, pause)
-                            mailbox.forward(line.offer)
+                            mailbox.forward(line)
                             continue
                     # At most one delivery per interval per subscriber; changes arriving
                     # meanwhile coalesce in the mailbox (latest wins) and go out together.

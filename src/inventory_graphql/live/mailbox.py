@@ -10,9 +10,21 @@ waking the subscriber's own).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from inventory_graphql.inventory.models import StockLevel
+
+
+class Forwarding(Protocol):
+    """Where a mailbox hands its updates instead of keeping them."""
+
+    def offer(self, levels: Sequence[StockLevel]) -> None: ...
+
+    @property
+    def pending(self) -> int:
+        """Updates handed over and not yet delivered (at most one per sku)."""
+        ...
 
 
 class Mailbox:
@@ -21,7 +33,7 @@ class Mailbox:
         self._pending: dict[str, StockLevel] = {}
         self._newest: dict[str, int] = {}  # highest version offered per sku
         self._ready = asyncio.Event()
-        self._forward: Callable[[Sequence[StockLevel]], None] | None = None
+        self._forward: Forwarding | None = None
 
     def offer(self, level: StockLevel) -> None:
         """Keep `level` if it is newer than anything this subscriber has seen for its sku
@@ -30,7 +42,7 @@ class Mailbox:
             return
         self._newest[level.sku] = level.version
         if self._forward is not None:
-            self._forward((level,))
+            self._forward.offer((level,))
             return
         self._pending[level.sku] = level
         self._ready.set()
@@ -47,9 +59,9 @@ class Mailbox:
                 self._newest[level.sku] = level.version
                 newer.append(level)
         if newer:
-            self._forward(newer)
+            self._forward.offer(newer)
 
-    def forward(self, to: Callable[[Sequence[StockLevel]], None]) -> None:
+    def forward(self, to: Forwarding) -> None:
         """From now on hand every newer level to `to` when it is offered (in the offering
         task), starting with what is pending; take() waits until `hand_back`."""
         self._forward = to
@@ -57,7 +69,7 @@ class Mailbox:
         self._pending.clear()
         self._ready.clear()
         if taken:
-            to(taken)
+            to.offer(taken)
 
     def hand_back(self, levels: Iterable[StockLevel]) -> None:
         """Stop forwarding; `levels` (forwarded, not delivered: newer than any delivered)
@@ -70,7 +82,8 @@ class Mailbox:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        forwarded = self._forward.pending if self._forward is not None else 0
+        return len(self._pending) + forwarded
 
     async def take(self) -> list[StockLevel]:
         """Wait for updates; return them all, oldest sku first."""
