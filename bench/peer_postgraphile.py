@@ -17,15 +17,19 @@ ttl_seconds)` (bench/harness/peer/reserve.sql) makes the writes of the service's
 uncoalesced one-line reserve: the product's row locked and `reserved` raised by the
 service's own `hold_line`, then the hold, its line and its ledger row, so the same
 triggers fire; it answers null (a refusal) when the stock does not fit. N processes are
-Node `cluster` workers (bench/harness/peer/server.mjs). The service: `serve --workers N`
-with its defaults (coalesced reservations), as bench.flash_sale starts it.
+Node `cluster` workers (bench/harness/peer/server.mjs), each with pg's pool of 10
+(--peer-pool to change it). The service: `serve --workers N` with its defaults (coalesced
+reservations, a pool of 8 per worker), as bench.flash_sale starts it, from a copy of this
+checkout's src/ taken at the start (--ref REF: that commit's), on a database its own
+migrations made.
 
 Per round and process count, the service and the peer in turn (which goes first
 alternates from round to round), each started once, warmed up (2 s of reserves on
 products of its own), then one point per load (one hot product; 10,000 products) and
 connection count (16, 64): wrk with the one-line reserve (drivers/reserve.lua for the
 service, drivers/peer_reserve.lua for the peer: one document with variables, a crowd of
-X-Forwarded-For addresses), each point on products of its own. Measured per point:
+X-Forwarded-For addresses), each point on products of its own, after a bounded wait for
+other work on the machine to stop (cpu.wait_until_quiet). Measured per point:
 holds/s, p99, server CPU per hold (the server's processes, workers included; `serve`'s
 webhook delivery child apart) and PostgreSQL CPU per hold (every postgres process).
 Verdicts per point, once requests cut off by wrk's stop have settled: reserved <= quantity
