@@ -10,16 +10,19 @@ from pathlib import Path
 
 from broadcaster import Broadcast
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from inventory_graphql import garbage_collection
 from inventory_graphql.api.auth import Tokens, bearer, matches
 from inventory_graphql.api.buyers import BuyerTokens
 from inventory_graphql.api.client_limits import ClientLimits, ConnectionCap
+from inventory_graphql.api.compiled_http import LeanGate, LeanPath
 from inventory_graphql.api.cost_budget import BudgetGate, CostBudget
 from inventory_graphql.api.delivery import Renderings
 from inventory_graphql.api.http import graphql_endpoint
@@ -162,7 +165,7 @@ def _client_limit_readings(limits: ClientLimits, budget: CostBudget) -> dict[str
 
 def create_app(
     settings: Settings, database_url: str, *, on_started: Callable[[], None] | None = None
-) -> Starlette:
+) -> ASGIApp:
     """The app. `on_started` runs once its lifespan has built everything (the process's
     entry point tunes the collector there: what startup built is then frozen)."""
     metrics = Metrics()
@@ -213,7 +216,7 @@ def create_app(
                         "counter",
                         "HTTP operations answered from a compiled plan, without Strawberry's "
                         "view (INVENTORY_COMPILED_OPERATIONS)",
-                        lambda: graphql.lean.answered if graphql.lean is not None else 0,
+                        lambda: lean.answered if lean is not None else 0,
                     ),
                 }
             )
@@ -236,28 +239,37 @@ def create_app(
                 webhooks=webhooks,
             )
 
+    def is_admin_request(headers: Headers) -> bool:
+        return tokens.is_admin(bearer(headers))
+
     # The manifest is checked before anything starts (ManifestError: `serve` exits 2).
     trusted = load_trusted_documents(settings)
+    schema = build_schema(
+        production=settings.production,
+        trusted_documents=trusted.manifest,
+        max_query_cost=settings.max_query_cost,
+        query_timeout_seconds=settings.query_timeout_seconds,
+    )
+    # The lean request path: known documents from compiled plans (api/compiled_http.py).
+    lean = (
+        LeanPath(schema, schema.guards, hide_suggestions=settings.production)
+        if settings.compiled_operations and schema.guards is not None
+        else None
+    )
     graphql = graphql_endpoint(
-        build_schema(
-            production=settings.production,
-            trusted_documents=trusted.manifest,
-            max_query_cost=settings.max_query_cost,
-            query_timeout_seconds=settings.query_timeout_seconds,
-        ),
+        schema,
         tokens,
         max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
         graphiql=not settings.production,
         live_interval_seconds=settings.live_interval_ms / 1000,
         direct_delivery=settings.direct_delivery,
         trusted_documents=trusted,
-        compiled_operations=settings.compiled_operations,
     )
-    return Starlette(
+    app = Starlette(
         routes=[
             Route(
                 "/graphql",
-                BudgetGate(graphql, exempt=lambda headers: tokens.is_admin(bearer(headers))),
+                BudgetGate(graphql, exempt=is_admin_request),
                 methods=["GET", "POST"],
             ),
             # Each client's open WebSockets counted, one over its cap refused (429).
@@ -276,6 +288,11 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+    if lean is None:
+        return app
+    return LeanGate(
+        app, lean, graphql, max_body_bytes=settings.max_body_bytes, exempt=is_admin_request
+    )
 
 
 def _bearer_of(token: str | None) -> Callable[[Request], bool] | None:
@@ -285,7 +302,7 @@ def _bearer_of(token: str | None) -> Callable[[Request], bool] | None:
     return lambda request: matches(bearer(request.headers), token)
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> ASGIApp:
     """The app for `uvicorn --factory` and `serve --workers N`: settings from the environment.
 
     This is a worker process's entry point, so it also tunes the process's collector.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import re
 import uuid
+from collections.abc import Iterator
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,6 +19,24 @@ def current_request_id() -> str:
     return _request_id.get()
 
 
+def request_id_of(scope: Scope) -> str:
+    """The caller's id when it looks like one, else a new one."""
+    given = ""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            given = value.decode("latin-1")  # the last one, as a dict of them would keep
+    return given if given and _ACCEPTABLE.fullmatch(given) else uuid.uuid4().hex
+
+
+@contextlib.contextmanager
+def request_id_set(request_id: str) -> Iterator[None]:
+    token = _request_id.set(request_id)
+    try:
+        yield
+    finally:
+        _request_id.reset(token)
+
+
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -25,8 +45,7 @@ class RequestIdMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _ACCEPTABLE.fullmatch(given) else uuid.uuid4().hex
+        request_id = request_id_of(scope)
         token = _request_id.set(request_id)
 
         async def send_with_id(message: Message) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import orjson
 import strawberry
 from graphql import DocumentNode, GraphQLError, GraphQLSchema, OperationDefinitionNode
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -45,6 +46,7 @@ from inventory_graphql.api.request_guards import (
     timed_out,
     variable_values,
 )
+from inventory_graphql.request_id import current_request_id, request_id_of, request_id_set
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 JSON = b"application/json"
@@ -78,18 +80,10 @@ class LeanPath:
         self.basic = _basic_fields(schema, core)
         self.answered = 0  # requests this path answered (the rest went to the view)
 
-    async def __call__(
-        self, view: View, scope: Scope, receive: Receive, send: Send, fallback: ASGIApp
-    ) -> None:
-        """Answer the request, or hand it to `fallback` (the view) as it came."""
-        body, replay = await _read_body(receive)
-        answered = body is not None and await self._answer(view, scope, receive, send, body)
-        if not answered:
-            await fallback(scope, replay, send)
-
-    async def _answer(
+    async def answer(
         self, view: View, scope: Scope, receive: Receive, send: Send, body: bytes
     ) -> bool:
+        """Answer the request whose body is `body`; False (nothing sent): the view must."""
         started = time.perf_counter()
         try:
             data = orjson.loads(body)
@@ -139,7 +133,7 @@ class LeanPath:
                 response.headers["Retry-After"] = "1"
             shown.append(error.formatted)
         payload = {"data": result, "errors": shown} if shown else {"data": result}
-        await _send_json(send, orjson.dumps(payload), response)
+        await _send_json(send, orjson.dumps(payload), response, current_request_id())
         self.answered += 1
         if context.metrics is not None:
             field, kind = compiled.labels
@@ -231,20 +225,82 @@ def _names(document: DocumentNode) -> set[str]:
     }
 
 
-async def _read_body(receive: Receive) -> tuple[bytes | None, Receive]:
-    """The request's whole body (None: the client left first), and a receive that
-    replays what was read, for the view."""
+class LeanGate:
+    """The outermost ASGI app: `POST /graphql` with a JSON body goes to the lean path, which
+    does here what the app's middleware and route would (the request id, the body size
+    limit, the budget gate's check); everything else, and whatever the lean path does not
+    answer, goes through the whole Starlette app as it came."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        lean: LeanPath,
+        view: View,
+        *,
+        max_body_bytes: int,
+        exempt: Callable[[Headers], bool],
+    ) -> None:
+        self.app = app
+        self.lean = lean
+        self.view = view
+        self.max_body_bytes = max_body_bytes
+        self.exempt = exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not (
+            scope["type"] == "http"
+            and scope["path"] == "/graphql"
+            and not scope.get("root_path")
+            and self._json_within_limit(scope)
+            and not self._held(scope)
+        ):
+            await self.app(scope, receive, send)
+            return
+        body, replay = await _read_body(receive, self.max_body_bytes)
+        if body is not None:
+            with request_id_set(request_id_of(scope)):
+                if await self.lean.answer(self.view, scope, receive, send, body):
+                    return
+        await self.app(scope, replay, send)
+
+    def _json_within_limit(self, scope: Scope) -> bool:
+        if scope["method"] != "POST":
+            return False
+        json = False
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                json = value.split(b";", 1)[0].strip().lower() == JSON
+            elif name == b"content-length" and (
+                not value.isdigit() or int(value) > self.max_body_bytes
+            ):
+                return False  # BodySizeLimitMiddleware refuses it
+        return json
+
+    def _held(self, scope: Scope) -> bool:
+        # A client whose last operation was refused RATE_LIMITED: BudgetGate holds it.
+        budget = scope["state"]["cost_budget"]
+        return bool(budget.wait(client_of(scope))) and not self.exempt(Headers(scope=scope))
+
+
+async def _read_body(receive: Receive, max_bytes: int) -> tuple[bytes | None, Receive]:
+    """The request's whole body (None: the client left first, or it is over `max_bytes`),
+    and a receive that replays what was read, for the app."""
     messages: list[Message] = []
     chunks = []
+    size = 0
     while True:
         message = await receive()
         messages.append(message)
         if message["type"] != "http.request":
             break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes or not message.get("more_body", False):
             break
-    body = b"".join(chunks) if messages[-1]["type"] == "http.request" else None
+    last = messages[-1]
+    complete = last["type"] == "http.request" and not last.get("more_body", False)
+    body = b"".join(chunks) if complete and size <= max_bytes else None
 
     async def replay() -> Message:
         return messages.pop(0) if messages else await receive()
@@ -252,12 +308,14 @@ async def _read_body(receive: Receive) -> tuple[bytes | None, Receive]:
     return body, replay
 
 
-async def _send_json(send: Send, body: bytes, response: Response) -> None:
-    # As Strawberry's view builds it: its JSON, then the headers the operation set.
+async def _send_json(send: Send, body: bytes, response: Response, request_id: str) -> None:
+    # As Strawberry's view builds it (its JSON, then the headers the operation set), and
+    # the request id as RequestIdMiddleware adds it.
     headers = [
         (b"content-length", str(len(body)).encode()),
         (b"content-type", JSON),
         *response.headers.raw,
+        (b"x-request-id", request_id.encode()),
     ]
     await send(
         {"type": "http.response.start", "status": response.status_code or 200, "headers": headers}

@@ -10,7 +10,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
-from strawberry import Schema
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.schema import BaseSchema
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
@@ -18,14 +17,12 @@ from strawberry.types.unset import UnsetType
 
 from inventory_graphql.api.auth import StorefrontRequired, Tokens, bearer, connection_token
 from inventory_graphql.api.buyers import TokenRefused
-from inventory_graphql.api.compiled_http import LeanPath
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.internals import (
     DirectDeliveryTransportWsHandler,
     DocumentIdView,
     GuardedTransportWsHandler,
 )
-from inventory_graphql.api.request_guards import Guards
 from inventory_graphql.api.trusted_documents import DocumentRefused, Manifest, TrustedDocuments
 from inventory_graphql.inventory.models import ANONYMOUS, Caller
 from inventory_graphql.request_id import current_request_id
@@ -71,11 +68,9 @@ class GraphQLEndpoint(DocumentIdView):
         *,
         direct_delivery: bool,
         trusted_documents: TrustedDocuments | None = None,
-        lean: LeanPath | None = None,
         **options: Any,
     ) -> None:
         super().__init__(schema, **options)
-        self.lean = lean
         self.tokens = tokens
         self.trusted_documents = trusted_documents or TrustedDocuments(Manifest())
         self.live_interval_seconds = live_interval_seconds
@@ -84,13 +79,6 @@ class GraphQLEndpoint(DocumentIdView):
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.lean is not None and scope["type"] == "http" and _json_post(scope):
-            await self.lean(self, scope, receive, send, fallback=self.view)
-        else:
-            await self.view(scope, receive, send)
-
-    async def view(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Strawberry's view: every request the lean path does not answer."""
         try:
             await super().__call__(scope, receive, send)
         except Unauthenticated as refused:  # from get_context: nothing was answered yet
@@ -169,16 +157,6 @@ class GraphQLEndpoint(DocumentIdView):
         return await super().on_ws_connect(context)
 
 
-def _json_post(scope: Scope) -> bool:
-    if scope["method"] != "POST":
-        return False
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            media_type: bytes = value.split(b";", 1)[0].strip().lower()
-            return media_type == b"application/json"
-    return False
-
-
 def graphql_endpoint(
     schema: BaseSchema,
     tokens: Tokens,
@@ -188,18 +166,13 @@ def graphql_endpoint(
     live_interval_seconds: float,
     direct_delivery: bool,
     trusted_documents: TrustedDocuments | None = None,
-    compiled_operations: bool = True,
 ) -> GraphQLEndpoint:
-    guards = getattr(schema, "guards", None)
     return GraphQLEndpoint(
         schema,
         tokens,
         live_interval_seconds,
         direct_delivery=direct_delivery,
         trusted_documents=trusted_documents,
-        lean=LeanPath(schema, guards, hide_suggestions=getattr(schema, "hide_suggestions", False))
-        if compiled_operations and isinstance(schema, Schema) and isinstance(guards, Guards)
-        else None,
         graphql_ide="graphiql" if graphiql else None,
         subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
         max_subscriptions_per_connection=max_subscriptions_per_connection,

@@ -260,7 +260,6 @@ class InventorySchema(strawberry.Schema):
     # Set by build_schema: what the lean request path (compiled_http.py) checks as the
     # extensions would.
     guards: Guards | None = None
-    hide_suggestions: bool = False
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         # Strawberry logs every error with a traceback, a client's typo included. Client
@@ -283,7 +282,7 @@ def build_schema(
     trusted_documents: Manifest | None = None,
     max_query_cost: int = MAX_QUERY_COST,
     query_timeout_seconds: float | None = QUERY_TIMEOUT_SECONDS,
-) -> strawberry.Schema:
+) -> InventorySchema:
     """The schema with its guards. In production introspection is off."""
     # Parsing and validating are most of a request's cost; clients that send one document
     # with variables find it in this schema's cache. Trusted documents are pinned there
@@ -324,7 +323,7 @@ def build_schema(
         execution_context_class=Executor,
     )
     guards.costs = cost_model(built, max_query_cost)
-    built.guards, built.hide_suggestions = guards, production
+    built.guards = guards
     return built
 
 
