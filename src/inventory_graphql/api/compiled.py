@@ -19,7 +19,7 @@ runs it the ordinary way) when a plan could not decide something once: a subscri
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from inspect import isawaitable
 from typing import Any
@@ -64,6 +64,7 @@ from graphql.pyutils import Path, is_awaitable
 
 # A completer turns what a resolver returned into response data (or an awaitable of it).
 Completer = Callable[[Any, Path, "FieldPlan", "Run"], Any]
+DirectCall = Callable[[Any, GraphQLResolveInfo[Any], dict[str, Any]], Any]
 NO_VARIABLES = VariableValues({}, {})
 _CANNOT_COMPILE = {"defer", "stream"}
 _INTROSPECTION = {"__schema", "__type"}
@@ -125,6 +126,9 @@ class FieldPlan:
     resolve: Callable[..., Any] | None  # None: __typename
     basic: bool  # a plain attribute: Strawberry's resolver reads it without an info
     static_arguments: dict[str, Any] | None  # None: they depend on variables
+    # The field's resolver called as its framework's wrapper would, given the arguments
+    # as one dict (None: the wrapper, graphql-core's `resolve`, is called).
+    direct: DirectCall | None = None
     complete: Completer = field(init=False)
 
 
@@ -173,11 +177,13 @@ def compile_operation(
     document: DocumentNode,
     operation_name: str | None,
     is_basic: Callable[[str, str], bool],
+    direct: Mapping[tuple[str, str], DirectCall] | None = None,
 ) -> Plan:
     """A plan for the named operation of a valid document; NotCompilable when none fits.
 
     `is_basic(type_name, field_name)` says whether a field's resolver is a plain attribute
-    read that needs no info (the schema's framework knows).
+    read that needs no info, and `direct` has the resolvers that can be called with their
+    arguments as one dict (the schema's framework knows both).
     """
     operation = get_operation_ast(document, operation_name)
     if operation is None:
@@ -193,7 +199,7 @@ def compile_operation(
     fragments = {
         d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
     }
-    compiler = _Compiler(schema, fragments, is_basic)
+    compiler = _Compiler(schema, fragments, is_basic, direct or {})
     root = compiler.object_plan(root_type, [operation.selection_set])
     if not root.fields:
         raise NotCompilable("nothing selected")
@@ -235,10 +241,12 @@ class _Compiler:
         schema: GraphQLSchema,
         fragments: dict[str, FragmentDefinitionNode],
         is_basic: Callable[[str, str], bool],
+        direct: Mapping[tuple[str, str], DirectCall],
     ) -> None:
         self.schema = schema
         self.fragments = fragments
         self.is_basic = is_basic
+        self.direct = direct
 
     def object_plan(
         self, type_: GraphQLObjectType, selection_sets: list[SelectionSetNode]
@@ -304,6 +312,7 @@ class _Compiler:
             definition.resolve,
             self.is_basic(parent.name, name),
             static,
+            self.direct.get((parent.name, name)),
         )
         if plan.resolve is None:
             raise NotCompilable(f"{parent.name}.{name} has no resolver")
@@ -390,7 +399,10 @@ def _execute_field(plan: FieldPlan, source: Any, parent: Path | None, run: Run) 
             arguments = plan.static_arguments
             if arguments is None:
                 arguments = get_argument_values(plan.definition, plan.nodes[0], run.variables)
-            value = plan.resolve(source, info, **arguments)
+            if plan.direct is not None:
+                value = plan.direct(source, info, arguments)
+            else:
+                value = plan.resolve(source, info, **arguments)
         if isawaitable(value):
             return _complete_later(value, path, plan, run)
         completed = plan.complete(value, path, plan, run)

@@ -35,6 +35,7 @@ from inventory_graphql.api.client_limits import client_of
 from inventory_graphql.api.compiled import NotCompilable, Plan, coerce_variables, compile_operation
 from inventory_graphql.api.context import Context
 from inventory_graphql.api.cost_budget import HOLD_SECONDS
+from inventory_graphql.api.direct_resolvers import direct_resolvers
 from inventory_graphql.api.document_cache import CachedDocument
 from inventory_graphql.api.errors import shown_error
 from inventory_graphql.api.internals import core_schema
@@ -78,6 +79,7 @@ class LeanPath:
         self.guards = guards
         self.hide_suggestions = hide_suggestions
         self.basic = _basic_fields(schema, core)
+        self.direct = direct_resolvers(schema)
         self.answered = 0  # requests this path answered (the rest went to the view)
 
     async def answer(
@@ -148,7 +150,7 @@ class LeanPath:
             return known if isinstance(known, Compiled) else None
         try:
             plan = compile_operation(
-                self.schema, entry.document, name, lambda t, f: (t, f) in self.basic
+                self.schema, entry.document, name, lambda t, f: (t, f) in self.basic, self.direct
             )
         except NotCompilable as reason:
             found: object = reason

@@ -46,6 +46,10 @@ What is touched, and why:
    executor holds hanging off it) that only the garbage collector frees; ours reach the
    executor through a weak reference. tests/unit/test_internals.py checks that executing
    an operation leaves no cycle.
+10. (With INVENTORY_COMPILED_OPERATIONS on) Strawberry's `Info(_raw_info=, _field=)`: a
+   compiled plan calls a field's resolver as Strawberry's wrapper does (api/
+   direct_resolvers.py), giving it the Info the wrapper would build. The differential
+   test (tests/api/test_compiled_differential.py) compares every answer with the view's.
 """
 
 from __future__ import annotations
@@ -337,3 +341,9 @@ class ErrorMasking(MaskErrors):
         errors = getattr(result, "errors", None)
         if errors:
             result.errors = self._process_errors(errors)  # type: ignore[attr-defined]
+
+
+# 10. Strawberry's Info for a resolver called directly.
+def strawberry_info(raw: GraphQLResolveInfo[Any], field: Any) -> Info[Any, Any]:
+    """The Info Strawberry's own resolver wrapper would give `field`'s resolver."""
+    return Info(_raw_info=raw, _field=field)
