@@ -16,6 +16,7 @@ from graphql import Executor as CoreExecutor
 from strawberry.asgi import GraphQL
 from strawberry.extensions import MaskErrors
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
@@ -63,6 +64,10 @@ def test_every_fenced_name_still_exists():
     for method in ("track_async_work", "gather_async_work"):
         assert callable(getattr(CoreExecutor, method, None)), (method, FENCE_ADVICE)
     assert "self.async_helpers = " in inspect.getsource(CoreExecutor.__init__), FENCE_ADVICE
+    # Item 10: Strawberry's Info is built from these two, and its wrapper builds it so.
+    assert {"_raw_info", "_field"} <= set(Info.__dataclass_fields__), FENCE_ADVICE
+    wrapper = inspect.getsource(GraphQLCoreConverter.from_resolver)
+    assert "_raw_info=info" in wrapper and "_field=field" in wrapper, FENCE_ADVICE
 
 
 def test_the_per_event_memo_the_repair_resets_is_still_there():
