@@ -12,6 +12,7 @@ from inventory_graphql.inventory.models import (
     ProductNotFound,
     ProductOutcome,
 )
+from inventory_graphql.inventory.product_reads import ProductReads
 
 # Every statement returns a product's columns in this order (Product.from_row reads them).
 SELECT_BY_SKUS = """
@@ -87,12 +88,13 @@ RETURNING sku, name, quantity, reserved, version, updated_at, purchase_limit, wa
 class Catalog:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._reads = ProductReads(pool, SELECT_BY_SKUS)
 
     async def products(self, skus: Sequence[str] | None = None, first: int = 100) -> list[Product]:
         if skus is None:
             rows = await self._pool.fetch(SELECT_FIRST, first)
         else:
-            rows = await self._pool.fetch(SELECT_BY_SKUS, list(skus), first)
+            return await self._reads.read(skus, first)  # shared with concurrent reads
         return [Product.from_row(r) for r in rows]
 
     async def create_product(self, sku: str, name: str, quantity: int) -> ProductOutcome:
