@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import re
-import uuid
 from collections.abc import Iterator
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,7 +25,8 @@ def request_id_of(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             given = value.decode("latin-1")  # the last one, as a dict of them would keep
-    return given if given and _ACCEPTABLE.fullmatch(given) else uuid.uuid4().hex
+    # Random, in uuid4().hex's shape, for a quarter of its cost (no UUID object).
+    return given if given and _ACCEPTABLE.fullmatch(given) else os.urandom(16).hex()
 
 
 @contextlib.contextmanager

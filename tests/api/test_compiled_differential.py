@@ -211,6 +211,19 @@ async def compiled_count(session: aiohttp.ClientSession, url: str) -> float:
     return float(found.group(1))
 
 
+async def operation_counts(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    async with session.get(f"{url}/metrics") as response:
+        text = await response.text()
+    counts = {
+        series: float(value)
+        for series, value in re.findall(
+            r"^(inventory_graphql_operation(?:s_count|_errors_total)\{[^}]*\}) (\S+)$", text, re.M
+        )
+    }
+    assert len(counts) >= 10, text[:2000]
+    return counts
+
+
 async def test_compiled_answers_equal_the_views(
     servers: tuple[Shop, Shop, ServerProcess],
 ) -> None:
@@ -251,6 +264,10 @@ async def test_compiled_answers_equal_the_views(
             covered.add(f"{where}:{name}")
         lean_answered = await compiled_count(session, lean.url)
         view_answered = await compiled_count(session, view.url)
+        # Operators see the same operations, by field and kind, and the same failures.
+        assert await operation_counts(session, lean.url) == await operation_counts(
+            session, view.url
+        )
     assert len(covered) >= 25, sorted(covered)
     assert view_answered == 0
     # Most requests took the lean path (the rest: documents seen for the first time, and

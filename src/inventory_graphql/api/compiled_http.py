@@ -47,6 +47,7 @@ from inventory_graphql.api.request_guards import (
     timed_out,
     variable_values,
 )
+from inventory_graphql.metrics import Metrics
 from inventory_graphql.request_id import current_request_id, request_id_of, request_id_set
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -67,6 +68,15 @@ class Compiled:
     def __init__(self, plan: Plan, labels: tuple[str, str]) -> None:
         self.plan = plan
         self.labels = labels
+        # This operation's duration series in the app's metrics (labels() takes a lock).
+        self.series: tuple[Metrics, Any] | None = None
+
+    def observe(self, metrics: Metrics, seconds: float, failed: bool) -> None:
+        if self.series is None or self.series[0] is not metrics:
+            self.series = (metrics, metrics.operations.labels(*self.labels))
+        self.series[1].observe(seconds)
+        if failed:  # made on the first failure, as OperationMetrics makes it
+            metrics.operation_errors.labels(*self.labels).inc()
 
 
 class LeanPath:
@@ -138,10 +148,7 @@ class LeanPath:
         await _send_json(send, orjson.dumps(payload), response, current_request_id())
         self.answered += 1
         if context.metrics is not None:
-            field, kind = compiled.labels
-            context.metrics.operations.labels(field, kind).observe(time.perf_counter() - started)
-            if shown:
-                context.metrics.operation_errors.labels(field, kind).inc()
+            compiled.observe(context.metrics, time.perf_counter() - started, bool(shown))
         return True
 
     def _compiled(self, entry: CachedDocument, name: str | None) -> Compiled | None:
