@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import jwt
 import psutil
+import pytest
 
 from inventory_graphql.testing.server import ServerProcess
 
@@ -113,3 +115,15 @@ def test_buyer_token_needs_the_secret():
     assert "INVENTORY_BUYER_TOKEN_SECRET is not set" in out.stderr
     bad = run_cli("buyer-token", "", env={"INVENTORY_BUYER_TOKEN_SECRET": "s" * 32})
     assert bad.returncode == 2 and "1 to 255" in bad.stderr
+
+
+def test_serve_runs_a_worker_per_core_by_default_and_takes_a_number() -> None:
+    from inventory_graphql.cli import MAX_AUTO_WORKERS, _parser, workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert workers("auto") == max(1, min(cores, MAX_AUTO_WORKERS))
+    assert _parser().parse_args(["serve"]).workers == workers("auto")
+    assert _parser().parse_args(["serve", "--workers", "3"]).workers == 3
+    for bad in ("0", "-2", "many"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            workers(bad)

@@ -28,6 +28,23 @@ from inventory_graphql.logs import configure_logging
 log = logging.getLogger("inventory_graphql")
 # How long SIGTERM waits for in-flight requests before closing what is left.
 GRACE_SECONDS = 10
+# One Python process serves at most one core, so one per core (README, Performance:
+# "The default configuration"). Capped: each worker keeps its own pool and LISTEN
+# connection, and PostgreSQL allows 100 connections by default.
+MAX_AUTO_WORKERS = 8
+
+
+def workers(value: str) -> int:
+    """`--workers`: a positive number, or `auto`."""
+    if value == "auto":
+        return max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of processes or auto, got {value!r}")
+    return count
 
 
 @contextlib.contextmanager
@@ -247,7 +264,11 @@ def _parser() -> argparse.ArgumentParser:
         help="load a demo catalog when empty; serve demo buyer tokens at /demo/buyer-token",
     )
     serve.add_argument(
-        "--workers", type=int, default=1, help="server processes sharing the port (default 1)"
+        "--workers",
+        type=workers,
+        default="auto",
+        help=f"server processes sharing the port: a number, or auto (the default: one per "
+        f"core this process may use, at most {MAX_AUTO_WORKERS})",
     )
     serve.add_argument("--log-level", default="info")
     with_database("migrate", "apply database migrations")

@@ -51,7 +51,9 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         cmd = [sys.executable, "-m", "inventory_graphql", "serve", "--port", str(self.port)]
-        cmd += ["--log-level", "warning", *args]  # args may override the log level
+        # One worker unless args say otherwise (serve's default is one per core): a test
+        # reads one process's metrics and state. args may override the log level too.
+        cmd += ["--log-level", "warning", "--workers", "1", *args]
         with contextlib.ExitStack() as stack:
             stdout: IO[bytes] | int | None
             if log is not None:
