@@ -46,14 +46,17 @@ class ServerProcess:
         log: Path | None = None,
         *,
         inherit_output: bool = False,
+        workers: int | None = 1,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         cmd = [sys.executable, "-m", "inventory_graphql", "serve", "--port", str(self.port)]
-        # One worker unless args say otherwise (serve's default is one per core): a test
-        # reads one process's metrics and state. args may override the log level too.
-        cmd += ["--log-level", "warning", "--workers", "1", *args]
+        # One worker unless told otherwise (None: serve's default, one per core): a test
+        # reads one process's metrics and state. args may override both.
+        cmd += ["--log-level", "warning"]
+        cmd += ["--workers", str(workers)] if workers is not None else []
+        cmd += args
         with contextlib.ExitStack() as stack:
             stdout: IO[bytes] | int | None
             if log is not None:
