@@ -5,8 +5,9 @@
 
 The earlier commit's src/ is exported (git archive) to a temporary directory and put
 first on its server's PYTHONPATH (the run checks that it imports from there); each
-server (`serve --workers 2`, as in bench.flash_sale) runs on a database its own commit's
-migrations made (an older `serve` does not understand a newer trigger's payload), on one
+server (`serve --workers 2`, pinned, as an earlier `serve` defaults to one worker) runs
+on a database its own commit's migrations made (an older `serve` does not understand a
+newer trigger's payload), on one
 PostgreSQL server. Each round runs bench.flash_sale's fan-out points
 (bench.harness.points.fanout_point) against both, alternating which goes first, so a
 shared machine's drift hits both alike. Printed per version: the delay from commit to
@@ -26,7 +27,7 @@ import asyncpg
 import uvloop
 
 from bench.harness.database import migrated_by, postgres
-from bench.harness.plan import Plan, server_env
+from bench.harness.plan import AB_WORKERS, Plan, server_env
 from bench.harness.points import fanout_point, serve
 from bench.harness.report import fanout_ab_progress, print_fanout_ab
 from bench.harness.results import FanoutABResult, FanoutResult, machine, save
@@ -79,7 +80,7 @@ async def run(before_ref: str, sizes: list[int], rounds: int, changes: int) -> F
                 for version in order:
                     env = {**server_env("on"), **versions[version]}
                     bench = benches[version]
-                    with serve(bench, env) as server_process:
+                    with serve(bench, env, AB_WORKERS) as server_process:
                         for size in sizes:
                             repeat += 1
                             point = await fanout_point(

@@ -1,6 +1,6 @@
 """Flash sale: the service's reservation throughput next to PostgreSQL's own ceiling.
 
-    python -m bench.flash_sale              # full run, 7-9 minutes
+    python -m bench.flash_sale              # full run, 8-10 minutes
     python -m bench.flash_sale --quick      # smoke run, 2-4 minutes
     python -m bench.flash_sale --seconds 5  # another duration per measurement point
     python -m bench.flash_sale --quick --seconds 1 --fanout 100 --changes 2
@@ -20,23 +20,26 @@ dead row versions.
    clients, with a separate process LISTENing on the channel as the server does. Also
    64 clients with the NOTIFY trigger disabled (labelled "NOTIFY off"). p50/p99 come
    from pgbench's per-transaction log.
-2. Ceiling, raw asyncpg: the same statement from one process (uvloop), a pool of 8
-   connections, 16 and 64 concurrent tasks.
+2. Ceiling, raw asyncpg: the same statement from one process (uvloop), 16 and 64
+   concurrent tasks, in two series: a pool of 8 connections ("raw asyncpg", as in earlier
+   runs) and a pool as large as the tasks, 16 and 64 connections ("raw asyncpg, pool =
+   clients": the strongest hand-written loop, issue 17's yardstick).
    pgbench and the raw loop hold stock without ledger rows or holds, which
    `inventory-graphql check` would rightly flag. After each of their points the bench
    puts their products back in balance (`reserved = 0`: the units they held were never
    held by anyone), and runs `check` once at the end of the phase to prove it.
-3. The service: `inventory-graphql serve` in its own process, driven by wrk (C, its own
-   process) with one document with variables per request, at 16, 64, 256 and 1,024
-   connections, with 100 WebSocket subscribers (another process) reading the point's first
-   product (for "hot" the product under load; for "spread" one of the 10,000). Each series
-   runs twice: INVENTORY_COALESCE_RESERVATIONS=on ("service (coalesced)", after) and =off
-   ("service (per-request)", before), one server process per series, warmed up on a
-   product of its own first. Then the cost of live updates: 64 clients on the hot load
-   with live updates on (as above) and off (NOTIFY trigger disabled, no subscribers), in
-   three pairs measured back to back, the order alternating, after one unrecorded
-   point that lets the machine settle; the target takes the median pair's ratio (single
-   points on this shared machine swing by 10-15%).
+3. The service: `inventory-graphql serve` as a user gets it by default (no --workers:
+   serve's default, one worker per core; the JSON's serve_workers is null), driven by
+   wrk (C, its own process) with one document with variables per request, at 16, 64, 256
+   and 1,024 connections, with 100 WebSocket subscribers (another process) reading the
+   point's first product (for "hot" the product under load; for "spread" one of the
+   10,000). Each series runs twice: INVENTORY_COALESCE_RESERVATIONS=on ("service
+   (coalesced)", after) and =off ("service (per-request)", before), one server process
+   per series, warmed up on a product of its own first. Then the cost of live updates:
+   64 clients on the hot load with live updates on (as above) and off (NOTIFY trigger
+   disabled, no subscribers), in three pairs measured back to back, the order
+   alternating, after one unrecorded point that lets the machine settle; the target
+   takes the median pair's ratio (single points on this shared machine swing by 10-15%).
 4. Fan-out: the delay from a committed change to its delivery to 1,000 and 5,000
    subscribers of one server, p50/p99, the subscribers spread over client processes of
    at most 1,250 each. The changer records time.time() just before it sends the change
@@ -49,6 +52,12 @@ dead row versions.
    answer was a Reservation (stock never runs out here); and `python -m inventory_graphql
    check` passes on the whole database. A failed verdict makes the command exit 1; a
    missed target does not.
+
+Targets, printed with their values: the service (coalesced) at 64 clients >= 1.0x
+pgbench on the hot product, and >= 0.5x raw asyncpg on 10,000 products, against both
+the pool of 8 and the pool of 64 (issue 17's, for the default `serve`); hot 1,024 / 16
+clients >= 0.9 (no collapse); live updates on / off >= 0.9; fan-out to 5,000
+subscribers p99 <= 500 ms.
 
 CPU use per process group (server, load generator, subscribers, PostgreSQL, everything
 else) is sampled during every point, to tell a server-bound number from a client-bound
@@ -79,11 +88,14 @@ from bench.harness.clients import client
 from bench.harness.cpu import QUIET_WAIT_PER_POINT
 from bench.harness.database import notify_trigger_off, postgres, postgres_settings, run_check
 from bench.harness.plan import (
+    ASYNCPG,
+    ASYNCPG_FULL_POOL,
     LOAD_TITLES,
     LOADS,
     MODES,
     PGBENCH,
     PGBENCH_NOTIFY_OFF,
+    SERVE_WORKERS,
     SERVICE,
     SERVICE_LIVE_OFF,
     SERVICE_LIVE_ON,
@@ -129,9 +141,10 @@ async def ceiling_phase(bench: Bench) -> Ceiling:
                     bench, PGBENCH_NOTIFY_OFF, load, plan.live_off_clients, listener
                 )
                 bench.record(point)
-        for load in LOADS:
-            for tasks in plan.ceiling_clients:
-                bench.record(await asyncpg_point(bench, load, tasks, listener))
+        for series in (ASYNCPG, ASYNCPG_FULL_POOL):
+            for load in LOADS:
+                for tasks in plan.ceiling_clients:
+                    bench.record(await asyncpg_point(bench, series, load, tasks, listener))
         heard = await listener.finish()
     check = await run_check(bench.url)
     print(f"  check after the ceiling phase: {check.summary}", flush=True)
@@ -245,6 +258,7 @@ async def run(plan: Plan) -> FlashSaleResult:
         code=code_version(),
         postgres=settings,
         plan=plan,
+        serve_workers=SERVE_WORKERS,
         started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         duration_s=round(time.time() - started),
         points=points,

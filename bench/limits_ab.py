@@ -59,7 +59,7 @@ import asyncpg
 import uvloop
 
 from bench.harness.database import applied_migrations, postgres, postgres_settings
-from bench.harness.plan import Plan, server_env
+from bench.harness.plan import AB_WORKERS, Plan, server_env
 from bench.harness.points import serve, service_point, warm_up
 from bench.harness.report import ab_progress, exit_unless_ok, print_limits_ab
 from bench.harness.results import ABPoint, LimitsABResult, machine, save
@@ -91,7 +91,7 @@ async def measure(
     limit: int,
 ) -> ABPoint:
     """One service point on a server process of its own."""
-    with serve(bench, env) as server:
+    with serve(bench, env, AB_WORKERS) as server:
         await warm_up(bench, server, f"{series}.{clients}.{repeat}")
         point = await service_point(
             bench,

@@ -19,8 +19,9 @@ Per round (default 3), for each load ("hot": one product, "spread": 10,000 produ
 in bench.flash_sale) and each client count (16, 64): one service point for "before" and
 one for "after", back to back, the order alternating from round to round, so a shared
 machine's drift hits both alike. Every point gets a server process of its own (`serve
---workers 2`, INVENTORY_COALESCE_RESERVATIONS=on, as in bench.flash_sale), warmed up on a
-product of its own, and products of its own; it is bench.flash_sale's service point
+--workers 2`, pinned, as an earlier `serve` defaults to one worker;
+INVENTORY_COALESCE_RESERVATIONS=on), warmed up on a product of its own, and products of
+its own; it is bench.flash_sale's service point
 (bench.harness.points.service_point): wrk with one reserve document per request, 100
 WebSocket subscribers on the point's first product (--subscribers 0: none), CPU per
 process group, and the verdicts once in-flight requests have settled (no product
@@ -53,7 +54,7 @@ import uvloop
 
 from bench.harness import webhooks
 from bench.harness.database import applied_migrations, migrated_by, postgres, postgres_settings
-from bench.harness.plan import LOADS, SERVICE, Plan, server_env
+from bench.harness.plan import AB_WORKERS, LOADS, SERVICE, Plan, server_env
 from bench.harness.points import serve, service_point, warm_up
 from bench.harness.report import (
     ab_progress,
@@ -82,7 +83,7 @@ async def measure(
     round_number: int,
 ) -> ABPoint:
     """One service point on a server process of its own."""
-    with serve(bench, env) as server:
+    with serve(bench, env, AB_WORKERS) as server:
         await warm_up(bench, server, f"{load}.{clients}.{repeat}")
         live = bench.plan.subscribers > 0
         point = await service_point(
@@ -164,7 +165,7 @@ async def run(
                     **extra["after"],
                     "INVENTORY_ADMIN_TOKEN": admin,
                 }
-                with serve(benches["after"], setup_env) as setup:
+                with serve(benches["after"], setup_env, AB_WORKERS) as setup:
                     endpoint = await webhooks.subscribe(conn, setup.url, admin, receiver_url)
                 print(f"webhook endpoint {endpoint.id} -> {receiver_url}", flush=True)
             repeat = 0
@@ -191,7 +192,8 @@ async def run(
                         print(f"    webhook backlog when the server stopped: {lag} events")
             if endpoint is not None:
                 # The last after server has stopped: one more delivers what is left.
-                with serve(benches["after"], {**server_env(coalesce), **extra["after"]}):
+                env = {**server_env(coalesce), **extra["after"]}
+                with serve(benches["after"], env, AB_WORKERS):
                     delivered = await webhooks.caught_up(conn, endpoint, timeout=300)
                 print(f"webhook: {delivered}", flush=True)
                 if not webhooks.complete(delivered):

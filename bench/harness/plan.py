@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from secrets import token_hex
 
@@ -13,7 +12,8 @@ MODES = {"coalesced": "on", "per-request": "off"}  # INVENTORY_COALESCE_RESERVAT
 
 PGBENCH = "pgbench"
 PGBENCH_NOTIFY_OFF = "pgbench, NOTIFY off"
-ASYNCPG = "raw asyncpg"
+ASYNCPG = "raw asyncpg"  # a pool of 8 connections (asyncpg_loop.POOL), as earlier runs had
+ASYNCPG_FULL_POOL = "raw asyncpg, pool = clients"  # a connection for every task
 SERVICE = {mode: f"service ({mode})" for mode in MODES}
 SERVICE_LIVE_ON = "service (coalesced), live updates on"
 SERVICE_LIVE_OFF = "service (coalesced), live updates off"
@@ -30,9 +30,12 @@ STATEMENT = (
     "WHERE id = {id} AND (quantity - reserved) >= 1 RETURNING id"
 )
 
-# One worker process per core, as the service would be deployed on this 2-core machine
-# (the server, not PostgreSQL or the load generator, is what runs out of CPU).
-SERVE_ARGS = ("--workers", str(os.cpu_count() or 1))
+# bench.flash_sale runs `serve` as a user gets it: no --workers, serve's default (one
+# worker per core).
+SERVE_WORKERS: int | None = None
+# The A/B benches pin two workers, as all their earlier runs on this 2-core machine had:
+# an earlier commit's `serve` defaults to one worker (uvicorn's), which would halve "before".
+AB_WORKERS = 2
 
 
 def server_env(coalesce: str) -> dict[str, str]:

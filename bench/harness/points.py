@@ -30,7 +30,15 @@ from bench.harness.database import (
 from bench.harness.drivers.asyncpg_loop import POOL, run_loop
 from bench.harness.drivers.pgbench import run_pgbench
 from bench.harness.drivers.wrk import run_wrk
-from bench.harness.plan import ASYNCPG, LOADS, PGBENCH, SERIES_TAGS, SERVE_ARGS, STATEMENT
+from bench.harness.plan import (
+    ASYNCPG,
+    ASYNCPG_FULL_POOL,
+    LOADS,
+    PGBENCH,
+    SERIES_TAGS,
+    SERVE_WORKERS,
+    STATEMENT,
+)
 from bench.harness.results import (
     AsyncpgDetail,
     FanoutResult,
@@ -46,13 +54,17 @@ from inventory_graphql.inventory.catalog import ADJUST
 from inventory_graphql.testing.server import ServerProcess
 
 
-def serve(bench: Bench, env: Mapping[str, str]) -> ServerProcess:
-    """`inventory-graphql serve --workers N` on the run's database, its output on ours.
+def serve(
+    bench: Bench, env: Mapping[str, str], workers: int | None = SERVE_WORKERS
+) -> ServerProcess:
+    """`inventory-graphql serve --workers N` on the run's database, its output on ours;
+    without `workers`, no --workers: serve's default (one worker per core).
 
     Started now; `with` waits until it is ready and stops it at the end. Which version
     runs is up to PYTHONPATH (in `env`, else this process's).
     """
-    return ServerProcess({"DATABASE_URL": bench.url, **env}, SERVE_ARGS, inherit_output=True)
+    env = {"DATABASE_URL": bench.url, **env}
+    return ServerProcess(env, inherit_output=True, workers=workers)
 
 
 # ---------------------------------------------------------------- the ceiling
@@ -87,26 +99,29 @@ async def pgbench_point(
 
 
 async def asyncpg_point(
-    bench: Bench, load: str, tasks: int, listener: Client
+    bench: Bench, series: str, load: str, tasks: int, listener: Client
 ) -> Point[AsyncpgDetail]:
-    """The same statement from a raw asyncpg loop in this process; stock put back."""
-    products = await seed(bench.conn, f"asyncpg.{load}.{tasks}", LOADS[load])
+    """The same statement from a raw asyncpg loop in this process, on a pool of POOL
+    connections (ASYNCPG) or of one per task (ASYNCPG_FULL_POOL); stock put back."""
+    pool = {ASYNCPG: POOL, ASYNCPG_FULL_POOL: tasks}[series]
+    tag = "asyncpg" if series == ASYNCPG else "asyncpg-full-pool"
+    products = await seed(bench.conn, f"{tag}.{load}.{tasks}", LOADS[load])
     ids = list(range(products.first_id, products.last_id + 1))
     statement = STATEMENT.format(id="$1")
     quiet = await wait_until_quiet(bench.quiet, {"listener": listener.pid})
     run = await run_loop(
-        bench.url, statement, ids, tasks, bench.plan.seconds, {"listener": listener.pid}
+        bench.url, statement, ids, tasks, pool, bench.plan.seconds, {"listener": listener.pid}
     )
     consumed = await put_back(bench.conn, products)
     return Point(
-        ASYNCPG,
+        series,
         load,
         tasks,
         run.reserved / run.elapsed,
         percentile(run.latencies_ms, 50),
         percentile(run.latencies_ms, 99),
         run.cpu,
-        AsyncpgDetail(run.reserved, consumed, POOL, quiet),
+        AsyncpgDetail(run.reserved, consumed, pool, quiet),
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from bench.harness.cpu import disturbed
 from bench.harness.plan import (
     ASYNCPG,
+    ASYNCPG_FULL_POOL,
     LOAD_TITLES,
     LOADS,
     PGBENCH,
@@ -109,10 +110,14 @@ def print_flash_sale(result: FlashSaleResult) -> None:
             f"max {f.max_ms:.0f} ms; all delivered p50 {f.all_delivered_p50_ms:.0f} ms"
             f"\n  {disturbed(f.cpu)}CPU cores used: {cpu_text(f.cpu)}"
         )
-    print("\ntargets")
+    workers = result.serve_workers
+    print(
+        "\ntargets (the service: "
+        + ("serve's default workers, one per core)" if workers is None else f"{workers} workers)")
+    )
     for t in result.targets:
         value = "n/a" if t.value is None else f"{t.value:.2f}"
-        print(f"  {t.verdict:5} {t.target:62} {value:>8}  (target {t.goal}) {t.note}")
+        print(f"  {t.verdict:5} {t.target:71} {value:>8}  (target {t.goal}) {t.note}")
     print(f"\nceiling products back in balance: {result.ceiling.check.summary}")
     marked = [p for p in result.points if disturbed(p.cpu) == "!"]
     print(
@@ -126,6 +131,7 @@ CHART_STYLES: dict[str, dict[str, Any]] = {
     SERVICE["per-request"]: {"color": "tab:orange", "marker": "s", "linestyle": "--"},
     PGBENCH: {"color": "tab:green", "marker": "^"},
     ASYNCPG: {"color": "tab:purple", "marker": "v"},
+    ASYNCPG_FULL_POOL: {"color": "tab:purple", "marker": "D", "linestyle": ":"},
     PGBENCH_NOTIFY_OFF: {"color": "tab:green", "marker": "^", "fillstyle": "none"},
     SERVICE_LIVE_OFF: {"color": "tab:blue", "marker": "o", "fillstyle": "none"},
 }
@@ -168,11 +174,13 @@ def draw_chart(result: FlashSaleResult, path: Path) -> None:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False)
     m = result.machine
+    workers = result.serve_workers
+    serve = "`serve` (default workers)" if workers is None else f"`serve --workers {workers}`"
     fig.suptitle(
         f"Flash sale: reservations/s against concurrent clients\n{m['cpus']} CPUs, "
         f"{result.plan.seconds} s per point, PostgreSQL "
-        f"{result.postgres['server_version']}; live updates (NOTIFY trigger, 100 "
-        "subscribers on the service) on unless marked off"
+        f"{result.postgres['server_version']}, the service as {serve}\nlive updates "
+        "(NOTIFY trigger, 100 subscribers on the service) on unless marked off"
     )
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)

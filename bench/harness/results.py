@@ -240,6 +240,7 @@ class FlashSaleResult:
     code: CodeVersion
     postgres: dict[str, str]
     plan: Plan
+    serve_workers: int | None  # `serve --workers N`; None: no --workers, serve's default
     started_at: str
     duration_s: int
     points: list[AnyPoint]
@@ -260,6 +261,7 @@ class FlashSaleResult:
             "code": asdict(self.code),
             "postgres": self.postgres,
             "plan": asdict(self.plan),
+            "serve_workers": self.serve_workers,
             "started_at": self.started_at,
             "duration_s": self.duration_s,
             "points": [p.to_dict() for p in self.points],

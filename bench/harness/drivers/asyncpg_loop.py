@@ -1,4 +1,5 @@
-"""The design's statement from one process (uvloop): a pool, N concurrent tasks."""
+"""The design's statement from one process (uvloop): a pool of M connections, N concurrent
+tasks."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import asyncpg
 
 from bench.harness.cpu import cpu_meter
 
-POOL = 8
+POOL = 8  # the "raw asyncpg" series' pool, whatever the tasks (as earlier runs had)
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,20 @@ class LoopRun:
 
 
 async def run_loop(
-    url: str, statement: str, ids: list[int], tasks: int, seconds: int, pids: dict[str, int]
+    url: str,
+    statement: str,
+    ids: list[int],
+    tasks: int,
+    pool_size: int,
+    seconds: int,
+    pids: dict[str, int],
 ) -> LoopRun:
-    """`tasks` shoppers, each running `statement` on a random id until `seconds` are up;
-    CPU metered for this process ("bench (asyncpg)") and `pids`."""
+    """`tasks` shoppers sharing a pool of `pool_size` connections, each running
+    `statement` on a random id until `seconds` are up; CPU metered for this process
+    ("bench (asyncpg)") and `pids`."""
     latencies: list[float] = []
     reserved = 0
-    pool = await asyncpg.create_pool(url, min_size=POOL, max_size=POOL)
+    pool = await asyncpg.create_pool(url, min_size=pool_size, max_size=pool_size)
     try:
         await pool.fetchval("SELECT 1")
         stop = time.perf_counter() + seconds
