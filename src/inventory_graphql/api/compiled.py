@@ -49,6 +49,7 @@ from graphql import (
     Undefined,
     VariableNode,
     VariableValues,
+    coerce_input_value,
     get_argument_values,
     get_directive_values,
     get_operation_ast,
@@ -59,6 +60,11 @@ from graphql import (
     type_from_ast,
     visit,
 )
+from graphql.execution.get_variable_signature import (
+    GraphQLVariableSignature,
+    get_variable_signature,
+)
+from graphql.execution.values import VariableValueSource
 from graphql.language import Visitor
 from graphql.pyutils import Path, is_awaitable
 
@@ -146,6 +152,8 @@ class Plan:
     root: ObjectPlan
     serial: bool  # a mutation's root fields run one after another
     root_field: str  # the first root field (operation metrics label by it)
+    # Each variable's signature, and whether it has a default.
+    variables: list[tuple[GraphQLVariableSignature, bool]] = field(default_factory=list)
 
     @property
     def kind(self) -> OperationType:
@@ -210,13 +218,52 @@ def compile_operation(
         root,
         serial=operation.operation is OperationType.MUTATION,
         root_field=root.fields[0].name,
+        variables=_signatures(schema, operation),
     )
 
 
 def coerce_variables(
     plan: Plan, inputs: dict[str, Any] | None
 ) -> VariableValues | list[GraphQLError]:
-    return get_variable_values(plan.schema, plan.operation.variable_definitions or (), inputs or {})
+    """The operation's variables as graphql-core's get_variable_values coerces them.
+
+    Its work per request that depends only on the document (each variable's signature,
+    read from the AST) is done once per plan; a value it would refuse, and a missing
+    one with a default, are left to it (it words the errors). It also checks that the
+    input is not nested past the interpreter's recursion limit: request_guards has
+    refused anything nested deeper than its limit before this runs.
+    """
+    inputs = inputs or {}
+    sources: dict[str, VariableValueSource] = {}
+    coerced: dict[str, Any] = {}
+    for signature, has_default in plan.variables:
+        name = signature.name
+        value = inputs.get(name, Undefined)
+        if value is Undefined:
+            if has_default or isinstance(signature.type, GraphQLNonNull):
+                break
+            sources[name] = VariableValueSource(signature)
+            continue  # a nullable variable not given is omitted
+        sources[name] = VariableValueSource(signature, value)
+        coerced_value = coerce_input_value(value, signature.type)
+        if coerced_value is Undefined:
+            break
+        coerced[name] = coerced_value
+    else:
+        return VariableValues(sources, coerced)
+    return get_variable_values(plan.schema, plan.operation.variable_definitions or (), inputs)
+
+
+def _signatures(
+    schema: GraphQLSchema, operation: OperationDefinitionNode
+) -> list[tuple[GraphQLVariableSignature, bool]]:
+    signatures = []
+    for definition in operation.variable_definitions or ():
+        signature = get_variable_signature(schema, definition)
+        if isinstance(signature, GraphQLError):
+            raise NotCompilable("a variable of no input type")  # validation says so
+        signatures.append((signature, definition.default_value is not None))
+    return signatures
 
 
 def _refuse_dynamic(document: DocumentNode) -> None:
