@@ -112,9 +112,7 @@ class LeanPath:
             and isinstance(data.get("extensions"), dict | None)
         ):
             return False
-        response = Response()
-        response.status_code = None  # type: ignore[assignment]  # as Strawberry's view
-        del response.headers["content-length"]
+        response = _SubResponse()
         try:
             context = await view.get_context(Request(scope, receive), response)
             text = view.admit_document(query, data.get("documentId"), context)
@@ -232,6 +230,16 @@ def _names(document: DocumentNode) -> set[str]:
         for d in document.definitions
         if isinstance(d, OperationDefinitionNode) and d.name is not None
     }
+
+
+class _SubResponse(Response):
+    """What Strawberry's view hands resolvers to set a status or headers on (no status,
+    no headers), without building a body's headers it then deletes."""
+
+    def __init__(self) -> None:
+        self.status_code = None  # type: ignore[assignment]
+        self.raw_headers = []
+        self.background = None
 
 
 class LeanGate:

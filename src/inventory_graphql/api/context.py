@@ -33,13 +33,16 @@ class Context:
     caller: models.Caller = models.ANONYMOUS
     connection_params: object = None  # a WebSocket's connection_init payload
     cost_budget: CostBudget | None = None  # what the client may still spend (request_guards)
-    products: DataLoader[str, models.Product | None] = field(init=False)
+    _products: DataLoader[str, models.Product | None] | None = field(default=None, init=False)
 
-    def __post_init__(self) -> None:
-        # Not a bound method of this context: the loader would hold the context that
-        # holds it, a cycle (with the request and response hanging off it) that only the
-        # garbage collector frees.
-        self.products = DataLoader(load_fn=functools.partial(_load_products, self.service))
+    @property
+    def products(self) -> DataLoader[str, models.Product | None]:
+        # Made when a resolver first asks (a reserve never does). Not a bound method of
+        # this context: the loader would hold the context that holds it, a cycle (with
+        # the request and response hanging off it) that only the collector frees.
+        if self._products is None:
+            self._products = DataLoader(load_fn=functools.partial(_load_products, self.service))
+        return self._products
 
 
 async def _load_products(
