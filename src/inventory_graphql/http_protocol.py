@@ -10,7 +10,9 @@ What of uvicorn's, beyond its documented `http=` extension point, this module re
 and checks each name): HttpToolsProtocol's parser callbacks (`on_message_begin`,
 `on_headers_complete`, `on_message_complete`), `data_received`, `connection_made`,
 `connection_lost`, `handle_websocket_upgrade`; its attributes `app` (swapped per
-connection to answer 431), `headers`, `url`, `cycle`, `pipeline`, `flow`, `connections`,
+connection to answer 431), `scope` (the request's, given to its cycle in
+`on_headers_complete`: it carries the connection's `HangUp`), `headers`, `url`, `cycle`,
+`pipeline`, `flow`, `connections`,
 `loop`, `transport`; RequestResponseCycle's `response_started`, `response_complete`, `keep_alive`,
 `disconnected`, `message_event`; the keyword arguments uvicorn's server builds a
 protocol with (`config`, `server_state`, `app_state`, `_loop`); and its proxy headers
@@ -29,6 +31,7 @@ import asyncio
 import http
 import struct
 import weakref
+from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any, cast
 
@@ -142,6 +145,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_counted = True
         # Why the head just parsed is refused (431), if it is.
         self._refusal: str | None = None
+        self._hang_up: HangUp | None = None  # the connection's, once a request needs it
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -162,6 +166,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._phase = DETACHED
+        if self._hang_up is not None:
+            self._hang_up.happened()
+            self._hang_up = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -256,6 +263,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # handle_websocket_upgrade); the connection closes after it.
             self._counts.refusals.note(f"431 {self._refusal}", self._host)
             self.app = _refusal_app(self._refusal)
+        # What waits on the client's hang-up is told when the connection is lost (one per
+        # connection: requests pipelined on it all wait on it).
+        if self._hang_up is None:
+            self._hang_up = HangUp()
+        scope = cast(dict[str, Any], self.scope)
+        scope.setdefault("extensions", {})[HANG_UP] = self._hang_up
         super().on_headers_complete()
         self._phase = BODY
         self._set_deadline(limits.body_timeout)
@@ -380,6 +393,25 @@ def _refusal_app(reason: str) -> Any:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     return refuse
+
+
+# Where an HTTP request's scope carries its HangUp.
+HANG_UP = "inventory.hang_up"
+
+
+class HangUp:
+    """Callbacks for when a connection is lost: a wait on the client's hang-up without a
+    task per request reading for `http.disconnect` (api/disconnect.py)."""
+
+    __slots__ = ("callbacks",)
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], object]] = []
+
+    def happened(self) -> None:
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            callback()
 
 
 # Where a WebSocket's scope carries its TextFrames, when it has one.

@@ -152,8 +152,13 @@ def test_every_uvicorn_name_the_http_limits_use_still_exists():
         "connections",
         "loop",
         "transport",
+        "scope",
     ):
         assert hasattr(protocol, attribute), (attribute, UVICORN_ADVICE)
+    # The hang-up: the scope on_headers_complete hands to the request's cycle.
+    assert "scope=self.scope" in inspect.getsource(HttpToolsProtocol.on_headers_complete), (
+        UVICORN_ADVICE
+    )
     assert "self.url = " in inspect.getsource(HttpToolsProtocol.on_message_begin), UVICORN_ADVICE
     cycle = inspect.getsource(RequestResponseCycle.__init__)
     for attribute in (
