@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -121,6 +122,36 @@ async def test_disconnecting_mid_mutation_leaves_no_half_done_state(server, db, 
         [a, b],
     )
     assert carts_held, "some requests got through before their clients left"
+    assert (await check(db)).ok
+
+
+async def test_a_reserve_whose_client_hangs_up_while_it_waits_holds_nothing(
+    server, db, make_product
+):
+    """The client leaves while its reserve waits on a locked row: once the row is free,
+    nothing is held for it (the request was abandoned when the connection was lost)."""
+    sku = await make_product(10)
+    body = {"query": RESERVE, "variables": {"lines": [{"sku": sku, "quantity": 1}]}}
+    for attempt in range(2):  # the first sends the document the view caches; then compiled
+        async with db.transaction():
+            await db.execute("SELECT 1 FROM product WHERE sku = $1 FOR UPDATE", sku)
+            async with aiohttp.ClientSession() as session:
+                request = asyncio.create_task(session.post(f"{server.url}/graphql", json=body))
+                await asyncio.sleep(0.3)  # the reserve waits on the row
+                request.cancel()  # the client hangs up
+                with contextlib.suppress(asyncio.CancelledError):
+                    await request
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)  # the row is free: an abandoned reserve must not take it
+        reserved = await db.fetchval("SELECT reserved FROM product WHERE sku = $1", sku)
+        assert reserved == 0, attempt
+        holds = await db.fetchval(
+            """SELECT count(*) FROM reservation r JOIN reservation_line l
+               ON l.reservation_id = r.id JOIN product p ON p.id = l.product_id
+               WHERE p.sku = $1 AND r.status = 'PENDING'""",
+            sku,
+        )
+        assert holds == 0, attempt
     assert (await check(db)).ok
 
 
