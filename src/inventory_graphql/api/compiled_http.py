@@ -8,10 +8,11 @@ CPU. Here a request whose document is cached, valid and compiled is answered dir
 the same checks in the same order (the caller's token, the trusted-documents policy,
 request_guards' limits and the client's cost budget, variable coercion), the same
 resolvers, the same error policy and metrics, the same JSON. Anything else (another
-method or content type, a body that is not one JSON object, a refusal, a variable that
-does not coerce, an uncompiled document, a cost that depends on the variables) goes to
-the view untouched, its body replayed: the view gives every answer that is not the
-ordinary one, so there is one place that words each refusal.
+method or content type, a body that is not one JSON object or over the size limit, a
+refusal, a variable that does not coerce, an uncompiled document, a client being held
+for spending too fast) goes to the whole app untouched, its body replayed: the view
+gives every answer that is not the ordinary one, so one place words each refusal.
+tests/api/test_compiled_differential.py holds both paths to the same answers.
 """
 
 from __future__ import annotations
