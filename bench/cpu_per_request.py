@@ -274,13 +274,61 @@ def report(points: list[Point], before: str | None) -> None:
                 )
 
 
+def draw_chart(points: list[Point], path: Path) -> None:
+    """Bars: median server CPU per request of each series, 16 and 64 connections side by
+    side, the floors first, each service series before and after."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [(s, "floor") for s in FLOORS] + [
+        (s, v)
+        for s in SERVICE
+        for v in ("before", "after")
+        if any(p.series == s and p.version == v for p in points)
+    ]
+    clients_list = sorted({p.clients for p in points})
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / len(clients_list)
+    for i, clients in enumerate(clients_list):
+        values = [
+            statistics.median(
+                p.server_us_per_request
+                for p in points
+                if (p.series, p.version, p.clients) == (series, version, clients)
+            )
+            for series, version in bars
+        ]
+        positions = [x + i * width for x in range(len(bars))]
+        ax.bar(positions, values, width, label=f"{clients} connections")
+        for x, value in zip(positions, values, strict=True):
+            ax.text(x, value, f"{value:.0f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks([x + width * (len(clients_list) - 1) / 2 for x in range(len(bars))])
+    ax.set_xticklabels([f"{s}\n{v}" for s, v in bars], fontsize=8)
+    ax.set_ylabel("server CPU per request (us)")
+    ax.set_title("Server CPU per request, one serve process (median over rounds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", help="an earlier commit (any git ref) to measure beside")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--seconds", type=int, default=8, help="per point (default 8)")
     parser.add_argument("--clients", nargs="+", type=int, default=[16, 64], help="default: 16 64")
+    parser.add_argument(
+        "--chart-from", type=Path, help="only draw the chart from a saved run's JSON"
+    )
     args = parser.parse_args()
+    chart = ROOT / "bench" / "cpu_per_request.png"
+    if args.chart_from is not None:
+        draw_chart([Point(**p) for p in json.loads(args.chart_from.read_text())], chart)
+        print(f"chart {chart}")
+        return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not on PATH (apt-get install wrk)")
     raise_open_files_limit()
@@ -293,6 +341,8 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps([asdict(p) for p in points], indent=1))
     print(f"\nsaved {out}")
+    draw_chart(points, chart)
+    print(f"chart {chart}")
     if any(p.refused for p in points):
         raise SystemExit(1)
 
