@@ -6,14 +6,20 @@ import random
 from typing import Any
 
 import pytest
-from graphql import get_variable_values, parse
+from graphql import GraphQLSchema, get_variable_values, parse
 
 from inventory_graphql.api.compiled import NotCompilable, coerce_variables, compile_operation
 from inventory_graphql.api.internals import core_schema
 from inventory_graphql.api.schema import schema
 
-CORE = core_schema(schema)
-assert CORE is not None
+
+def _core() -> GraphQLSchema:
+    core = core_schema(schema)
+    assert core is not None
+    return core
+
+
+CORE = _core()
 
 VARIABLES = """
 query Vars($sku: String!, $skus: [String!], $first: Int, $id: ID!, $after: String) {
