@@ -103,15 +103,63 @@ async def test_within_the_pause_updates_coalesce_and_go_out_together() -> None:
     mailbox.offer_all([level("A", 1), level("B", 1)])  # the snapshot just went out: waits
     mailbox.offer(level("A", 2))
     assert delivery.written == []
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.12)  # a pause, and at most one more to the next beat
     assert delivery.written == [b"A:2", b"B:1"]  # latest per sku, first-offered sku first
     await asyncio.sleep(0.1)
     mailbox.offer_all([level("A", 3), level("B", 2)])  # after a quiet spell: at once, both
     assert delivery.written == [b"A:2", b"B:1", b"A:3", b"B:2"]
     mailbox.offer(level("A", 4))  # within the pause again
     assert delivery.written[-1] == b"B:2"
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.12)
     assert delivery.written[-1] == b"A:4"
+
+
+async def test_paused_lines_deliver_on_the_same_beat() -> None:
+    # Subscribers whose pauses end at different moments deliver together, so that they
+    # find the same latest update (rendered once for all of them).
+    loop = asyncio.get_running_loop()
+    pause = 0.05
+    await asyncio.sleep(pause - loop.time() % pause)  # near the start of a beat
+    lines: list[tuple[Mailbox, FakeDelivery, float]] = []
+    for _ in range(2):
+        mailbox, delivery = Mailbox(frozenset({"A"})), FakeDelivery()
+        line_for(mailbox, delivery, pause=pause)
+        lines.append((mailbox, delivery, loop.time()))
+        await asyncio.sleep(0.015)
+    written_at: list[float] = []
+    update = level("A", 1)
+    for mailbox, delivery, _ in lines:
+        delivery.rendered_once.add(update)
+        delivery.write_now = lambda payload: written_at.append(loop.time()) is None  # type: ignore[method-assign]
+        mailbox.offer(update)
+    assert written_at == []
+    await asyncio.sleep(0.15)
+    assert len(written_at) == 2
+    assert abs(written_at[0] - written_at[1]) < 0.005
+    assert all(at >= started + pause for (_, _, started), at in zip(lines, written_at, strict=True))
+
+
+async def test_a_paused_line_waits_for_a_timer_without_a_task() -> None:
+    # A watched hot product keeps every line paused: one task per delivery per subscriber
+    # was most of what live updates cost the server.
+    mailbox, delivery = Mailbox(frozenset({"A"})), FakeDelivery()
+    line_for(mailbox, delivery, pause=0.05)
+    delivery.rendered_once.update({level("A", 1), level("A", 2), level("A", 3)})
+    tasks = len(asyncio.all_tasks())
+    mailbox.offer(level("A", 1))
+    mailbox.offer(level("A", 2))
+    assert delivery.written == []
+    assert len(asyncio.all_tasks()) == tasks
+    for _ in range(150):  # a pause, and at most one more to the next beat
+        if delivery.written:
+            break
+        await asyncio.sleep(0.001)
+    assert delivery.written == [b"A:2"]  # once, the latest
+    mailbox.offer(level("A", 3))  # a new pause began with that delivery
+    assert delivery.written == [b"A:2"]
+    await asyncio.sleep(0.12)
+    assert delivery.written == [b"A:2", b"A:3"]
+    assert len(asyncio.all_tasks()) == tasks
 
 
 async def test_a_socket_that_is_not_writable_gets_its_updates_in_order_later() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
@@ -145,9 +146,12 @@ class DirectLine:
     """A subscription's updates written to its socket from the task that offers them.
 
     Its mailbox forwards each newer update here as the hub publishes it, and the line
-    writes it at once, in the hub's task. Only what has to wait (a socket whose buffer is
-    full, the pause between two deliveries, an execution that awaits) goes on in a task,
-    and updates offered meanwhile queue behind it, latest per sku, in the mailbox's order.
+    writes it at once, in the hub's task. What arrives during the pause between two
+    deliveries waits for one timer, whose callback writes it the same way (a watched hot
+    product keeps every line paused: a task and its wake-ups per delivery cost more than
+    the write). Only what has to wait otherwise (a socket whose buffer is full, an
+    execution that awaits) goes on in a task, and updates offered meanwhile queue behind
+    it, latest per sku, in the mailbox's order.
     What cannot be rendered (errors) goes back to the mailbox with everything after it,
     and the subscription takes the ordinary path from then on.
     """
@@ -169,31 +173,70 @@ class DirectLine:
         self._pending: dict[str, StockLevel] = {}
         self._draining = False
         self._finishing: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the pause's end, while one waits
+        self._beat = 0.0  # when the timer is due
         self._closed = False
 
     def offer(self, levels: Sequence[StockLevel]) -> None:
         """Levels published together: written together, in one delivery."""
         if self._closed:
             return
-        # The common case, without a coroutine: nothing queued, no pause to wait out, the
-        # updates already rendered for this selection, the socket taking the frames now.
-        written = 0
-        if not self._draining:
-            now = self._loop.time() if self._pause else 0.0
-            if now >= self._next:
-                for level in levels:
-                    payload = self._delivery.rendered(level)
-                    if payload is None or not self._delivery.write_now(payload):
-                        break
-                    written += 1
-                if written == len(levels):
-                    self._next = now + self._pause
-                    return
-        for level in levels[written:]:
+        if self._draining or self._timer is not None:
+            self._queue(levels)
+            return
+        # The common case, without a coroutine: no pause to wait out, the updates already
+        # rendered for this selection, the socket taking the frames now.
+        now = self._loop.time() if self._pause else 0.0
+        if now < self._next:
+            self._queue(levels)
+            self._beat = self._on_beat()
+            self._timer = self._loop.call_at(self._beat, self._pause_over)
+            return
+        self._deliver(levels, now)
+
+    def _on_beat(self) -> float:
+        """When a paused delivery goes out: the first multiple of the pause at or after
+        `_next`. Every paused line of the process then delivers at the same instants, so
+        all find the same latest update, rendered once for all of them; at its own
+        moment each would find another and render it again (a graphql-core execution
+        per delivery, most of what a watched hot product cost). At most one extra pause
+        of delay, once: after a beat, the next one is a pause away (counted from the
+        beat, not from when the loop got to it)."""
+        # (less a hair, so that a beat plus a pause, in floating point, is the next beat)
+        return max(self._next, math.ceil(self._next / self._pause - 1e-6) * self._pause)
+
+    def _queue(self, levels: Iterable[StockLevel]) -> None:
+        for level in levels:
             self._pending[level.sku] = level
-        if not self._draining:
-            self._draining = True
-            self._finishing = run_eagerly(self._drain())
+
+    def _deliver(self, levels: Sequence[StockLevel], now: float) -> None:
+        """Write `levels` now if they can be written at once; the rest to a task."""
+        written = 0
+        for level in levels:
+            payload = self._delivery.rendered(level)
+            if payload is None or not self._delivery.write_now(payload):
+                break
+            written += 1
+        if written == len(levels):
+            self._next = now + self._pause
+            return
+        self._queue(levels[written:])
+        self._draining = True
+        self._finishing = run_eagerly(self._drain())
+
+    def _pause_over(self) -> None:
+        self._timer = None
+        if self._closed or not self._pending:
+            return
+        levels = list(self._pending.values())
+        self._pending.clear()
+        try:
+            self._deliver(levels, self._beat)
+        except Exception:  # as in _drain: the ordinary path meets it the way Strawberry does
+            log.warning(
+                "direct delivery failed; the subscription goes on without it", exc_info=True
+            )
+            self._give_back(levels)
 
     @property
     def pending(self) -> int:
@@ -201,6 +244,9 @@ class DirectLine:
 
     def close(self) -> None:
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._finishing is not None:
             self._finishing.cancel()
         # Nothing more to forward: the mailbox lets go of the line (no reference cycle
@@ -213,8 +259,11 @@ class DirectLine:
             while self._pending and not self._closed:
                 # At most one delivery per interval; what arrives meanwhile coalesces. The
                 # first change after a quiet spell goes out at once.
-                if self._pause and (wait := self._next - self._loop.time()) > 0:
+                beat: float | None = self._on_beat() if self._pause else None
+                if beat is not None and (wait := beat - self._loop.time()) > 0:
                     await asyncio.sleep(wait)
+                else:
+                    beat = None
                 levels = list(self._pending.values())
                 self._pending.clear()
                 while levels:
@@ -227,7 +276,7 @@ class DirectLine:
                         return
                     del levels[0]
                 if self._pause:
-                    self._next = self._loop.time() + self._pause
+                    self._next = (beat or self._loop.time()) + self._pause
         except Exception:
             # Never into the hub's loop: the ordinary path meets the failure the way
             # Strawberry does.
