@@ -81,6 +81,12 @@ def print_stock(points: list[AnyPoint], seconds: int) -> None:
             f"{d.unanswered_at_stop:4} cut off)  {read}check: {d.check.summary}"
             + (f"  FAILED: {', '.join(failed)}" if failed else "")
         )
+        if d.wrk.busy:
+            print(f"      {d.wrk.busy} answers BUSY (503, retriable: nothing held)")
+        if d.wrk.other:  # what they were: a refusal's words, a status, a timeout
+            print(f"      {d.wrk.other} other answers, e.g.:")
+            for sample in d.wrk.samples:
+                print(f"      sample answer: {sample[:200]}")
 
 
 def print_fanout_point(result: FanoutResult) -> None:

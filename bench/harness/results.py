@@ -41,7 +41,7 @@ class WrkResult:
     """The WRK_RESULT line of drivers/reserve.lua, and the answers it sampled."""
 
     reservations: int  # answers that were a Reservation
-    other: int  # any other answer
+    other: int  # any other answer but BUSY
     sent: int
     received: int
     requests: int
@@ -52,6 +52,7 @@ class WrkResult:
     errors: dict[str, int]  # wrk's socket errors: connect, read, write, status, timeout
     samples: list[str] = field(default_factory=list)
     buyers_reused: int = 0  # requests sent with a buyer token an earlier one had used
+    busy: int = 0  # 503 BUSY answers (deadline passed or queue full; nothing held)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@
 -- buyer's until the file runs out; after that tokens are reused, and counted as such.
 -- Always one document with variables, never inlined literals (the server caches parsed
 -- documents by their text). done() prints one line, "WRK_RESULT {json}", with the answers
--- that were Reservations, the other answers, and requests sent but never answered (cut
--- off when wrk stopped: the server may still have committed them).
+-- that were Reservations, those that were BUSY (503: the request's deadline passed, or
+-- the server's queue was full; nothing held), the other answers, and requests sent but
+-- never answered (cut off when wrk stopped: the server may still have committed them).
 --
 -- Each request comes from one of 65,536 shoppers: X-Forwarded-For names a random
 -- address, as a load balancer would (the server trusts 127.0.0.1 as a proxy), so the
@@ -36,7 +37,7 @@ function init(args)
   prefix = args[1]
   products = tonumber(args[2])
   math.randomseed(os.time() * 100 + thread_number)
-  reservations, other, sent, received = 0, 0, 0, 0
+  reservations, busy, other, sent, received = 0, 0, 0, 0, 0
   sample = ""
   wrk.method = "POST"
   headers = { ["Content-Type"] = "application/json" }
@@ -68,6 +69,8 @@ function response(status, headers, answer)
   received = received + 1
   if status == 200 and string.find(answer, '"__typename":"Reservation"', 1, true) then
     reservations = reservations + 1
+  elseif status == 503 and string.find(answer, '"code":"BUSY"', 1, true) then
+    busy = busy + 1
   else
     other = other + 1
     if sample == "" then
@@ -77,7 +80,9 @@ function response(status, headers, answer)
 end
 
 function done(summary, latency, requests)
-  local totals = { reservations = 0, other = 0, sent = 0, received = 0, buyers_reused = 0 }
+  local totals = {
+    reservations = 0, busy = 0, other = 0, sent = 0, received = 0, buyers_reused = 0
+  }
   local samples = {}
   for _, thread in ipairs(threads) do
     for name, _ in pairs(totals) do
@@ -90,11 +95,11 @@ function done(summary, latency, requests)
   end
   local e = summary.errors
   io.write(string.format(
-    'WRK_RESULT {"reservations":%d,"other":%d,"sent":%d,"received":%d,'
+    'WRK_RESULT {"reservations":%d,"busy":%d,"other":%d,"sent":%d,"received":%d,'
       .. '"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"max_us":%d,'
       .. '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},'
       .. '"buyers_reused":%d}\n',
-    totals.reservations, totals.other, totals.sent, totals.received,
+    totals.reservations, totals.busy, totals.other, totals.sent, totals.received,
     summary.requests, summary.duration,
     latency:percentile(50), latency:percentile(99), latency.max,
     e.connect, e.read, e.write, e.status, e.timeout, totals.buyers_reused
