@@ -28,7 +28,7 @@ class Client:
         return self.proc.pid
 
     @classmethod
-    async def start(cls, *args: str, ready_timeout: float = 300) -> Client:
+    async def start(cls, *args: str, ready_timeout: float = 300, niceness: int = 0) -> Client:
         handle, name = tempfile.mkstemp(prefix="bench-client-", suffix=".json")
         os.close(handle)
         proc = await asyncio.create_subprocess_exec(
@@ -40,6 +40,7 @@ class Client:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env={**os.environ, "BENCH_RESULT_FILE": name},
+            preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
         )
         client = cls(proc, Path(name))
         try:
@@ -79,9 +80,10 @@ class Client:
 
 
 @contextlib.asynccontextmanager
-async def client(*args: str) -> AsyncIterator[Client]:
-    """A client process for the block (see client_process for the modes and arguments)."""
-    started = await Client.start(*args)
+async def client(*args: str, niceness: int = 0) -> AsyncIterator[Client]:
+    """A client process for the block (see client_process for the modes and arguments),
+    at `niceness`."""
+    started = await Client.start(*args, niceness=niceness)
     try:
         yield started
     finally:

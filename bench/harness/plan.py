@@ -17,11 +17,17 @@ ASYNCPG_FULL_POOL = "raw asyncpg, pool = clients"  # a connection for every task
 SERVICE = {mode: f"service ({mode})" for mode in MODES}
 SERVICE_LIVE_ON = "service (coalesced), live updates on"
 SERVICE_LIVE_OFF = "service (coalesced), live updates off"
+# The live pairs' subscribers stand for browsers on other machines: niced, they read with
+# the CPU the server leaves, not the server's (their CPU is still reported). The third
+# point of each pair has them at the server's priority, as earlier runs did.
+SUBSCRIBER_NICENESS = 10
+SERVICE_LIVE_ON_SHARED = "service (coalesced), live updates on, subscribers not niced"
 SERIES_TAGS = {  # sku prefixes: which point a product belongs to, for whoever looks later
     SERVICE["coalesced"]: "service-coalesced",
     SERVICE["per-request"]: "service-per-request",
     SERVICE_LIVE_ON: "service-live-on",
     SERVICE_LIVE_OFF: "service-live-off",
+    SERVICE_LIVE_ON_SHARED: "service-live-on-shared",
 }
 
 # The design's statement, by id as pgbench and a raw loop would run it.

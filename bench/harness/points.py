@@ -139,6 +139,7 @@ async def service_point(
     beside: Callable[[Products], AbstractAsyncContextManager[Client]] | None = None,
     tokens: Sequence[str] = (),
     purchase_limit: int | None = None,
+    subscriber_niceness: int = 0,
 ) -> Point[ServiceDetail]:
     """wrk against `server` (with bench.plan.subscribers subscribers on the point's first
     product if `live`, and the client process `beside` makes for the point's products
@@ -146,7 +147,8 @@ async def service_point(
 
     With `tokens`, every request is another buyer's (the next token); with
     `purchase_limit`, the point's products have that limit per buyer, and the verdicts
-    include that nobody holds above it."""
+    include that nobody holds above it. The subscribers' process runs at
+    `subscriber_niceness`."""
     tag = SERIES_TAGS.get(series, series)
     suffix = f".{repeat}" if repeat else ""
     products = await seed(bench.conn, f"{tag}.{load}.{clients}{suffix}", LOADS[load])
@@ -159,7 +161,13 @@ async def service_point(
         subscribers: Client | None = None
         if live:
             subscribers = await stack.enter_async_context(
-                client("subscribe", server.url, products.first_sku, str(bench.plan.subscribers))
+                client(
+                    "subscribe",
+                    server.url,
+                    products.first_sku,
+                    str(bench.plan.subscribers),
+                    niceness=subscriber_niceness,
+                )
             )
             pids["subscribers"] = subscribers.pid
         alongside = None
