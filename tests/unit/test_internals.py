@@ -70,6 +70,13 @@ def test_every_fenced_name_still_exists():
     assert "_raw_info=info" in wrapper and "_field=field" in wrapper, FENCE_ADVICE
 
 
+def test_strawberry_still_reads_an_absent_connection_init_payload_as_empty():
+    # Item 5 passes a null payload on as an absent one: that is only right while Strawberry
+    # reads an absent payload as `{}` (if a release accepts null itself, drop the repair).
+    source = inspect.getsource(BaseGraphQLTransportWSHandler.handle_connection_init)
+    assert 'message.get("payload", {})' in source, FENCE_ADVICE
+
+
 def test_the_per_event_memo_the_repair_resets_is_still_there():
     # graphql-core 3.3 shares this memo between a subscription's per-event executors; if a
     # release renames or drops it, the repair does nothing and the leak may be back.

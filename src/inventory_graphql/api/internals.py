@@ -24,7 +24,9 @@ What is touched, and why:
    subscription. Each per-event executor gets a memo of its own.
 5. (Always on) `BaseGraphQLTransportWSHandler.handle_message` / `handle_invalid_message`:
    Strawberry indexes every message as a dict, so a JSON array or number crashed the
-   connection (1006); it is refused as the protocol says (close 4400).
+   connection (1006); it is refused as the protocol says (close 4400). A `connection_init`
+   whose payload is null, which the protocol allows, reaches Strawberry without one
+   (Strawberry closed it with 4400; absent, it reads as `{}`).
 6. (Always on, optional) `strawberry.Schema._schema`, the graphql-core schema: operation
    metrics label operations by root field only when the field exists in the schema (a
    label per client-chosen name would be unbounded). Without it every label is "unknown".
@@ -192,13 +194,16 @@ def current_operation() -> LiveOperation | None:
 
 
 class GuardedTransportWsHandler(BaseGraphQLTransportWSHandler[Any, None]):
-    """Strawberry's handler, refusing messages that are not JSON objects (item 5), and
-    admitting each subscribe message's document as the view decides (item 7)."""
+    """Strawberry's handler, refusing messages that are not JSON objects and taking a null
+    connection_init payload for none (item 5), and admitting each subscribe message's
+    document as the view decides (item 7)."""
 
     async def handle_message(self, message: object) -> None:
         if not isinstance(message, dict):
             await self.handle_invalid_message("Failed to parse message")
             return
+        if message.get("type") == "connection_init" and message.get("payload", {}) is None:
+            message = {"type": "connection_init"}
         if message.get("type") == "subscribe":
             admitted = await self._admitted(message)
             if admitted is None:
