@@ -69,12 +69,16 @@ class Socket:
                 return data
             await self.ws.send_json({"type": "pong"})
 
-    async def run(self, query: str, **variables: Any) -> dict[str, Any]:
-        """One operation's first result (a query or mutation's only one)."""
+    async def send(self, query: str, **variables: Any) -> dict[str, Any] | None:
+        """Start one operation; the server's first message about it."""
         await self.ws.send_json(
             {"id": "1", "type": "subscribe", "payload": {"query": query, "variables": variables}}
         )
-        message = await self.receive()
+        return await self.receive()
+
+    async def run(self, query: str, **variables: Any) -> dict[str, Any]:
+        """One operation's first result (a query or mutation's only one)."""
+        message = await self.send(query, **variables)
         assert message is not None and message["type"] == "next", message
         payload: dict[str, Any] = message["payload"]
         return payload
@@ -123,7 +127,9 @@ async def test_the_admin_token_in_the_payload_runs_admin_operations(
     # Without the token the same mutation is refused and changes nothing...
     anonymous, _ = await init(session, server.url, None)
     refused = await anonymous.run(ADJUST_STOCK, **restock)
-    assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    (error,) = refused["errors"]
+    assert error["extensions"]["code"] == "FORBIDDEN"
+    assert "connection_init" in error["message"]  # it says where a WebSocket sends the token
     assert (await stock(db, sku))["quantity"] == 5
     await anonymous.ws.close()
     # ...with it in connection_init (no header on the upgrade request) it runs.
@@ -177,3 +183,21 @@ async def test_each_token_in_the_payload_is_served_on_a_locked_server(
     )
     # A buyer token names the buyer whose hold it is; the others hold anonymously.
     assert buyer == ("ws-buyer" if who == "buyer" else None)
+
+
+FEED = "subscription { stockEvents { __typename ... on StockEvent { kind sku } } }"
+
+
+async def test_the_admin_token_in_the_payload_follows_the_stock_event_feed(
+    server: ServerProcess, session: aiohttp.ClientSession, make_product: Any
+) -> None:
+    await make_product(2)  # at least one event to replay
+    anonymous, _ = await init(session, server.url, {})
+    refused = await anonymous.send(FEED)
+    assert refused is not None and refused["type"] == "error", refused
+    assert refused["payload"][0]["extensions"]["code"] == "FORBIDDEN"
+    await anonymous.ws.close()
+    admin, _ = await init(session, server.url, bearer(ADMIN_TOKEN))
+    first = await admin.run(FEED)
+    assert first["data"]["stockEvents"]["__typename"] == "StockEvent", first
+    await admin.ws.close()

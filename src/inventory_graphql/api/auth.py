@@ -80,7 +80,11 @@ def connection_token(params: Any) -> str | None:
 
 
 class IsAdmin(BasePermission):
-    message = "This needs the admin token: send `Authorization: Bearer <INVENTORY_ADMIN_TOKEN>`."
+    message = (
+        "This needs the admin token: send `Authorization: Bearer <INVENTORY_ADMIN_TOKEN>` "
+        '(over WebSocket: `{"authorization": "Bearer <INVENTORY_ADMIN_TOKEN>"}` as '
+        "connection_init's payload)."
+    )
     error_extensions = {"code": "FORBIDDEN"}  # noqa: RUF012 (Strawberry's declared shape)
 
     def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
