@@ -25,6 +25,7 @@ from inventory_graphql.api.client_limits import ClientLimits, ConnectionCap
 from inventory_graphql.api.compiled_http import LeanGate, LeanPath
 from inventory_graphql.api.cost_budget import BudgetGate, CostBudget
 from inventory_graphql.api.delivery import Renderings
+from inventory_graphql.api.graphiql import STATIC_PATH, GraphiQLFiles
 from inventory_graphql.api.http import graphql_endpoint
 from inventory_graphql.api.schema import build_schema
 from inventory_graphql.api.trusted_manifest import load_trusted_documents
@@ -279,6 +280,8 @@ def create_app(
             Route("/metrics", metrics.endpoint(_bearer_of(settings.metrics_token))),
             # Demo mode only: buyer tokens for anyone, standing in for a shop's backend.
             *([buyer_token_route(secret)] if settings.demo and secret is not None else []),
+            # GraphiQL's own files (the page at GET /graphql), before the demo's `/` mount.
+            *([Mount(STATIC_PATH, GraphiQLFiles())] if not settings.production else []),
             *demo_routes(settings.demo_dir),
         ],
         middleware=[

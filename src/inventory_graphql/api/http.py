@@ -18,6 +18,7 @@ from strawberry.types.unset import UnsetType
 from inventory_graphql.api.auth import StorefrontRequired, Tokens, bearer, connection_token
 from inventory_graphql.api.buyers import TokenRefused
 from inventory_graphql.api.context import Context
+from inventory_graphql.api.graphiql import page_html, page_response
 from inventory_graphql.api.internals import (
     DirectDeliveryTransportWsHandler,
     DocumentIdView,
@@ -83,6 +84,14 @@ class GraphQLEndpoint(DocumentIdView):
             await super().__call__(scope, receive, send)
         except Unauthenticated as refused:  # from get_context: nothing was answered yet
             await refused.response()(scope, receive, send)
+
+    @property
+    def graphql_ide_html(self) -> str:
+        # GraphiQL from the service's own files (api/graphiql.py), not from a CDN.
+        return page_html()
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return page_response()
 
     def parse_json(self, data: str | bytes) -> dict[str, object]:
         # Strawberry crashes (500) on JSON that is not an object, and on invalid UTF-8.
