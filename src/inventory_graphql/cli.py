@@ -17,7 +17,7 @@ from pathlib import Path
 
 import asyncpg
 
-from inventory_graphql import garbage_collection
+from inventory_graphql import garbage_collection, tracing
 from inventory_graphql.config import ConfigError, Settings
 from inventory_graphql.database import migrate
 from inventory_graphql.demo import load_demo_catalog
@@ -134,25 +134,31 @@ def _run_uvicorn(
 
     if args.workers == 1:
         # This process serves: once started, what startup built stays (frozen).
+        traced = tracing.configure()  # before the schema is built: it adds the spans
         app = create_app(settings, url, on_started=garbage_collection.tune)
-        uvicorn.run(
-            app,
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            log_config=None,
-            timeout_graceful_shutdown=GRACE_SECONDS,
-            # uvicorn's default is 16 MiB: one such message froze the event loop for seconds.
-            ws_max_size=settings.max_ws_message_bytes,
-            ws_per_message_deflate=settings.ws_per_message_deflate,
-            http=http,
-        )
+        try:
+            uvicorn.run(
+                app,
+                host=args.host,
+                port=args.port,
+                log_level=args.log_level,
+                log_config=None,
+                timeout_graceful_shutdown=GRACE_SECONDS,
+                # uvicorn's default is 16 MiB: one such message froze the event loop for seconds.
+                ws_max_size=settings.max_ws_message_bytes,
+                ws_per_message_deflate=settings.ws_per_message_deflate,
+                http=http,
+            )
+        finally:
+            if traced is not None:
+                traced.shutdown()  # flushes the spans not sent yet
         return
     # Worker processes build their own app (pool, listener, sweeper, coalescer) from the
     # environment; this process keeps the embedded PostgreSQL, if any, for all of them.
+    # Each sets up its own tracing first (tracing.py), when OTEL_* variables ask for it.
     os.environ["DATABASE_URL"] = url
     uvicorn.run(
-        "inventory_graphql.app:app_from_env",
+        "inventory_graphql.tracing:app_from_env",
         factory=True,
         host=args.host,
         port=args.port,
@@ -322,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
             from inventory_graphql.api.trusted_manifest import load_trusted_documents
 
             load_trusted_documents(settings)
-    except ConfigError as error:
+            tracing.requested(os.environ)  # an exporter it cannot use stops it here
+    except (ConfigError, tracing.TracingError) as error:
         print(f"inventory-graphql: {error}", file=sys.stderr)
         return 2
     if args.command == "trusted-documents":

@@ -32,6 +32,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 from strawberry.types.base import StrawberryObjectDefinition
 
+from inventory_graphql import tracing
 from inventory_graphql.api.client_limits import client_of
 from inventory_graphql.api.compiled import NotCompilable, Plan, coerce_variables, compile_operation
 from inventory_graphql.api.context import Context
@@ -267,6 +268,9 @@ class LeanGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not (
             scope["type"] == "http"
+            # Traced requests take the view, where Strawberry's extension makes their
+            # operation spans: one place makes them, the same whichever path would answer.
+            and tracing.active() is None
             and scope["path"] == "/graphql"
             and not scope.get("root_path")
             and self._json_within_limit(scope)

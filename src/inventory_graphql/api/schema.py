@@ -15,6 +15,7 @@ from strawberry.extensions import (
 )
 from strawberry.tools import merge_types
 
+from inventory_graphql import tracing
 from inventory_graphql.api import fields
 from inventory_graphql.api.admin_stock import AdminStockMutation
 from inventory_graphql.api.auth import IsAdmin
@@ -307,6 +308,9 @@ def build_schema(
     )
     guards = Guards(limits, tuple(LIMIT_RULES), documents)
     extensions: list[Any] = [
+        # Operation spans when tracing is on (tracing.py): first, so a parse or
+        # validation span covers the guards' own parsing and validating.
+        *_tracing_extensions(guards),
         # Cheap refusals before any resolver runs, the cached parse and validation, and
         # the queries' time budget.
         lambda: RequestGuards(guards),
@@ -325,6 +329,15 @@ def build_schema(
     guards.costs = cost_model(built, max_query_cost)
     built.guards = guards
     return built
+
+
+def _tracing_extensions(guards: Guards) -> list[Any]:
+    traced = tracing.active()
+    if traced is None:
+        return []
+    from inventory_graphql.api.traced import OperationTracing  # needs the tracing extra
+
+    return [lambda: OperationTracing(guards, traced.provider)]
 
 
 def cost_model(served: strawberry.Schema, limit: int = MAX_QUERY_COST) -> CostModel:

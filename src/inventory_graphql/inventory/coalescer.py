@@ -33,9 +33,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
+from typing import TYPE_CHECKING
 
 import asyncpg
 
+from inventory_graphql import tracing
 from inventory_graphql.background import background
 from inventory_graphql.database import Connection
 from inventory_graphql.inventory.contention import Contention
@@ -59,6 +61,9 @@ from inventory_graphql.inventory.reservations import (
     refused,
 )
 from inventory_graphql.inventory.transactions import in_one_statement, in_transaction
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,7 @@ MAX_FAILURES = 3
 # them again costs nothing. Per request: its product's public availability after the
 # statement, the hold's times if granted, and the buyer's numbers after it.
 GRANT_SINGLES = "SELECT * FROM grant_singles($1, $2, $3, $4, $5, $6)"
+BATCH_SPAN = "reservation batch"
 
 
 @dataclass(eq=False)
@@ -103,6 +109,8 @@ class _Request:
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     failures: int = 0
     alone: bool = False  # failed for a reason nobody understood: retried in a batch of one
+    # The caller's span (tracing on): each batch that serves the request links to it.
+    trace: SpanContext | None = None
 
     @property
     def single(self) -> bool:
@@ -180,6 +188,7 @@ class ReservationCoalescer:
         request = _Request(
             tuple(lines), ttl_seconds, asyncio.get_running_loop().create_future(), buyer
         )
+        request.trace = tracing.current_span()
         self._waiting += 1
         request.future.add_done_callback(self._answered)  # answered, failed or abandoned
         self._enqueue([request])
@@ -280,6 +289,13 @@ class ReservationCoalescer:
 
     async def _answer(self, batch: list[_Request]) -> bool:
         """Decide and answer every request of the batch; False if a lock held it up."""
+        # One span per batch, linked to the requests it serves (a batch has many parents);
+        # its statements are its children.
+        links = [request.trace for request in batch]
+        with tracing.span(BATCH_SPAN, links, {"inventory.batch.size": len(batch)}):
+            return await self._answer_batch(batch)
+
+    async def _answer_batch(self, batch: list[_Request]) -> bool:
         self.batches += 1
         self.batched_requests += len(batch)
         if self._on_batch is not None:
