@@ -27,6 +27,7 @@ from inventory_graphql.api.cost_budget import BudgetGate, CostBudget
 from inventory_graphql.api.delivery import Renderings
 from inventory_graphql.api.graphiql import STATIC_PATH, GraphiQLFiles
 from inventory_graphql.api.http import graphql_endpoint
+from inventory_graphql.api.media_types import GraphQLMediaTypes
 from inventory_graphql.api.schema import build_schema
 from inventory_graphql.api.trusted_manifest import load_trusted_documents
 from inventory_graphql.body_limit import BodySizeLimitMiddleware
@@ -292,9 +293,11 @@ def create_app(
         lifespan=lifespan,
     )
     if lean is None:
-        return app
-    return LeanGate(
-        app, lean, graphql, max_body_bytes=settings.max_body_bytes, exempt=is_admin_request
+        return GraphQLMediaTypes(app)
+    return GraphQLMediaTypes(
+        LeanGate(
+            app, lean, graphql, max_body_bytes=settings.max_body_bytes, exempt=is_admin_request
+        )
     )
 
 

@@ -101,7 +101,7 @@ async def test_unusable_buyer_tokens_get_401_and_change_nothing(
             session, buyer_server.url, query, bearer(token), **variables
         )
         assert status == 401, text
-        assert headers["content-type"] == "application/json"
+        assert headers["content-type"] == "application/json; charset=utf-8"
         assert headers["www-authenticate"] == 'Bearer error="invalid_token"'
         body = json.loads(text)
         assert body["data"] is None
