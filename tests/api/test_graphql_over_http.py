@@ -186,3 +186,87 @@ def test_the_graphql_over_http_audit_passes_every_must_and_should(
     results = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     assert len(results) >= 50  # the suite ran (1.23 has 61 audits)
     assert [r for r in results if r["status"] != "ok"] == []
+
+
+async def test_a_document_with_several_operations_needs_a_name_and_runs_none_without(
+    server: ServerProcess, make_product: Any, db: asyncpg.Connection
+) -> None:
+    sku = await make_product(5)
+    reserve = "reserve(lines: [{sku: $sku, quantity: 1}]) { __typename }"
+    body = {
+        "query": f"mutation A($sku: String!) {{ {reserve} }} "
+        f"mutation B($sku: String!) {{ {reserve} }}",
+        "variables": {"sku": sku},
+    }
+    status, kind, answer = await post(server, body, GRAPHQL_RESPONSE.decode())
+    assert (status, kind) == (400, RESPONSE_TYPE)
+    assert isinstance(answer, dict) and "data" not in answer
+    assert answer["errors"][0]["message"] == (
+        "Must provide operation name if query contains multiple operations."
+    )
+    status, kind, answer = await post(server, body, "application/json")
+    assert (status, kind) == (200, JSON_TYPE)
+    assert isinstance(answer, dict) and answer["data"] is None and answer["errors"]
+    assert await db.fetchval("SELECT reserved FROM product WHERE sku = $1", sku) == 0
+    # Named, it runs: once.
+    status, _, answer = await post(server, {**body, "operationName": "B"}, None)
+    assert status == 200 and answer == {"data": {"reserve": {"__typename": "Reservation"}}}
+    assert await db.fetchval("SELECT reserved FROM product WHERE sku = $1", sku) == 1
+
+
+async def test_an_unknown_operation_name_is_a_request_error_in_json(
+    server: ServerProcess,
+) -> None:
+    body = {"query": "query A { __typename }", "operationName": "Z"}
+    status, kind, answer = await post(server, body, GRAPHQL_RESPONSE.decode())
+    assert (status, kind) == (400, RESPONSE_TYPE)
+    assert isinstance(answer, dict) and "data" not in answer
+    assert answer["errors"][0]["message"] == 'Unknown operation named "Z".'
+    assert answer["errors"][0]["extensions"]["requestId"]
+    status, kind, answer = await post(server, body, "application/json")
+    assert (status, kind) == (200, JSON_TYPE)
+    assert isinstance(answer, dict) and answer["errors"][0]["message"].startswith("Unknown")
+
+
+@pytest.mark.parametrize("accept", ["application/json", GRAPHQL_RESPONSE.decode()])
+async def test_a_mutation_over_get_is_405_allowing_post_and_does_not_run(
+    server: ServerProcess, make_product: Any, db: asyncpg.Connection, accept: str
+) -> None:
+    sku = await make_product(5)
+    query = f'mutation {{ reserve(lines: [{{sku: "{sku}", quantity: 1}}]) {{ __typename }} }}'
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{server.url}/graphql", params={"query": query}, headers={"accept": accept}
+        ) as response,
+    ):
+        assert response.status == 405
+        assert response.headers["allow"] == "POST"
+        assert response.headers["content-type"].startswith(accept)
+        answer = await response.json(content_type=None)
+    assert "POST" in answer["errors"][0]["message"]
+    assert await db.fetchval("SELECT reserved FROM product WHERE sku = $1", sku) == 0
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
+async def test_other_methods_are_405_allowing_get_and_post(
+    server: ServerProcess, method: str
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, f"{server.url}/graphql", json={"query": "{ __typename }"}
+        ) as response,
+    ):
+        assert response.status == 405
+        assert response.headers["allow"] == "GET, POST"
+        answer = await response.json()
+    assert answer["errors"][0]["extensions"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+async def test_an_operation_name_that_is_not_a_string_is_400(server: ServerProcess) -> None:
+    for name in (7, True, ["A"], {"A": 1}):
+        status, _, _ = await post(
+            server, {"query": "query A { __typename }", "operationName": name}, None
+        )
+        assert status == 400

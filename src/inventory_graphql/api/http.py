@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 from cross_web import HTTPException
+from graphql import GraphQLError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -18,12 +19,15 @@ from strawberry.types.unset import UnsetType
 from inventory_graphql.api.auth import StorefrontRequired, Tokens, bearer, connection_token
 from inventory_graphql.api.buyers import TokenRefused
 from inventory_graphql.api.context import Context
+from inventory_graphql.api.document_cache import CachedDocument
 from inventory_graphql.api.graphiql import page_html, page_response
 from inventory_graphql.api.internals import (
     DirectDeliveryTransportWsHandler,
     DocumentIdView,
     GuardedTransportWsHandler,
 )
+from inventory_graphql.api.operations import refusal
+from inventory_graphql.api.request_guards import Guards
 from inventory_graphql.api.trusted_documents import DocumentRefused, Manifest, TrustedDocuments
 from inventory_graphql.inventory.models import ANONYMOUS, Caller
 from inventory_graphql.request_id import current_request_id
@@ -84,6 +88,30 @@ class GraphQLEndpoint(DocumentIdView):
             await super().__call__(scope, receive, send)
         except Unauthenticated as refused:  # from get_context: nothing was answered yet
             await refused.response()(scope, receive, send)
+
+    def refuse_operation(
+        self, query: str, operation_name: str | None, method: str, sub_response: Response
+    ) -> GraphQLError | None:
+        guards = getattr(self.schema, "guards", None)
+        if not isinstance(guards, Guards):
+            return None
+        entry = guards.documents.get(query)
+        if entry is None:
+            # Parsed here as RequestGuards.on_parse would (its token limit, into the same
+            # cache, which it then finds); one that does not parse is Strawberry's to word.
+            try:
+                entry = CachedDocument.parse(query, max_tokens=guards.limits.max_tokens)
+            except GraphQLError:
+                return None
+            guards.documents.put(query, entry)
+        refused = refusal(entry.document, operation_name, method)
+        if refused is None:
+            return None
+        sub_response.status_code = refused.status
+        if refused.allow is not None:
+            sub_response.headers["Allow"] = refused.allow
+        error = refused.error
+        return GraphQLError(error.message, extensions={"requestId": current_request_id()})
 
     @property
     def graphql_ide_html(self) -> str:

@@ -278,6 +278,13 @@ class DocumentIdView(GraphQL[Any, None]):
         GraphQLError to answer with it instead, nothing parsed or run."""
         return query if isinstance(query, str) else None
 
+    def refuse_operation(
+        self, query: str, operation_name: str | None, method: str, sub_response: Response
+    ) -> GraphQLError | None:
+        """An error to answer with instead of running the admitted `query` (nothing run),
+        or None to run it as Strawberry would."""
+        return None
+
     def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
         # A GET with a documentId but no query is a request, not a browser wanting GraphiQL.
         return request.query_params.get("documentId") is None and super().should_render_graphql_ide(
@@ -298,6 +305,7 @@ class DocumentIdView(GraphQL[Any, None]):
             raise HTTPException(400, "The request body must be one JSON object.")
         for key, kind, shape in (
             ("query", str, "a string"),
+            ("operationName", str, "a string"),
             ("variables", dict, "an object"),
             ("extensions", dict, "an object"),
         ):
@@ -328,6 +336,12 @@ class DocumentIdView(GraphQL[Any, None]):
             )
         except GraphQLError as refused:
             return StrawberryResult(data=None, errors=[refused])
+        if isinstance(query, str) and (
+            turned_away := self.refuse_operation(
+                query, request_data.operation_name, request_adapter.method, sub_response
+            )
+        ):
+            return StrawberryResult(data=None, errors=[turned_away])
         return await super().execute_single(
             request=request,
             request_adapter=request_adapter,

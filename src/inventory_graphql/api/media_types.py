@@ -69,6 +69,11 @@ class GraphQLMediaTypes:
         if scope["type"] != "http" or scope["path"] != self.path:
             await self.app(scope, receive, send)
             return
+        if scope["method"] not in ("GET", "POST", "HEAD", "OPTIONS"):
+            # Answered here: the storefront's mount at / would answer it otherwise, as a
+            # static file's 405 (Allow: GET, HEAD).
+            await _refuse(send, 405, "Method not allowed: send a GET or a POST.", "GET, POST")
+            return
         accept = None
         for name, value in scope["headers"]:
             if name == b"accept":
@@ -87,27 +92,21 @@ class GraphQLMediaTypes:
 
 
 async def _not_acceptable(send: Send) -> None:
-    body = orjson.dumps(
-        {
-            "errors": [
-                {
-                    "message": "Not acceptable: this endpoint answers application/"
-                    "graphql-response+json or application/json.",
-                    "extensions": {"code": "NOT_ACCEPTABLE"},
-                }
-            ]
-        }
+    await _refuse(
+        send,
+        406,
+        "Not acceptable: this endpoint answers application/graphql-response+json or "
+        "application/json.",
     )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 406,
-            "headers": [
-                (b"content-type", JSON + CHARSET),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+
+
+async def _refuse(send: Send, status: int, message: str, allow: str | None = None) -> None:
+    code = {405: "METHOD_NOT_ALLOWED", 406: "NOT_ACCEPTABLE"}[status]
+    body = orjson.dumps({"errors": [{"message": message, "extensions": {"code": code}}]})
+    headers = [(b"content-type", JSON + CHARSET), (b"content-length", str(len(body)).encode())]
+    if allow is not None:
+        headers.append((b"allow", allow.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
