@@ -97,13 +97,13 @@ class GraphQLEndpoint(DocumentIdView):
             return None
         entry = guards.documents.get(query)
         if entry is None:
-            # Parsed here as RequestGuards.on_parse would (its token limit, into the same
-            # cache, which it then finds); one that does not parse is Strawberry's to word.
+            # A text not seen yet is parsed for this look (with RequestGuards' token limit)
+            # and again by Strawberry, within its parse span, which caches it: twice on
+            # first sight only. One that does not parse is Strawberry's to word.
             try:
                 entry = CachedDocument.parse(query, max_tokens=guards.limits.max_tokens)
             except GraphQLError:
                 return None
-            guards.documents.put(query, entry)
         refused = refusal(entry.document, operation_name, method)
         if refused is None:
             return None
