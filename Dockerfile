@@ -30,7 +30,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY src/ ./src/
 # The sources go once installed: only the installed package can be imported.
-RUN pip install . && rm -rf build src
+RUN pip install ".[tracing]" && rm -rf build src
 
 # The storefront demo served at `/`. The default location is resolved relative to the
 # package source, which does not exist in a site-packages install: point at the copy.

@@ -218,7 +218,9 @@ def test_dockerfile_installs_the_project():
     for keyword, args in instructions():
         if keyword == "COPY":
             copied.update(s.rstrip("/") for s in strip_flags(args)[:-1])
-        if keyword == "RUN" and re.search(r"\bpip install\s+([^&;|]*\s)?\.(\s|$)", args):
+        if keyword == "RUN" and re.search(
+            r"\bpip install\s+([^&;|]*\s)?\"?\.(\[[a-z,]+\])?\"?(\s|$)", args
+        ):
             missing = {"pyproject.toml", "README.md", "src"} - copied
             assert not missing, f"pip install . runs before {missing} are copied"
             return
