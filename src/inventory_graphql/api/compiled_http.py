@@ -54,6 +54,7 @@ from inventory_graphql.request_id import current_request_id, request_id_of, requ
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 JSON = b"application/json"
+JSON_UTF8 = b"application/json; charset=utf-8"  # what the view answers (http.py)
 
 
 class View(Protocol):
@@ -335,7 +336,7 @@ async def _send_json(send: Send, body: bytes, response: Response, request_id: st
     # the request id as RequestIdMiddleware adds it.
     headers = [
         (b"content-length", str(len(body)).encode()),
-        (b"content-type", JSON),
+        (b"content-type", JSON_UTF8),
         *response.headers.raw,
         (b"x-request-id", request_id.encode()),
     ]

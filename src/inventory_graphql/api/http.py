@@ -113,6 +113,13 @@ class GraphQLEndpoint(DocumentIdView):
         error = refused.error
         return GraphQLError(error.message, extensions={"requestId": current_request_id()})
 
+    def create_response(self, response_data: Any, sub_response: Response) -> Response:
+        response = super().create_response(response_data, sub_response)
+        # The charset GraphQL over HTTP asks for, set at the source (media_types.py adds it
+        # to any JSON answer without one, a copy per answer).
+        response.headers["content-type"] = "application/json; charset=utf-8"
+        return response
+
     @property
     def graphql_ide_html(self) -> str:
         # GraphiQL from the service's own files (api/graphiql.py), not from a CDN.

@@ -127,9 +127,12 @@ def _retyped(headers: list[tuple[bytes, bytes]], media: bytes) -> list[tuple[byt
 def _with_charset(send: Send) -> Send:
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = _retyped(list(message.get("headers", ())), JSON)
-            if headers is not None:
-                message = {**message, "headers": headers}
+            for name, value in message.get("headers", ()):
+                if name == b"content-type":
+                    if value == JSON:  # both paths' answers have it already
+                        headers = _retyped(list(message["headers"]), JSON)
+                        message = {**message, "headers": headers}
+                    break
         await send(message)
 
     return sending
