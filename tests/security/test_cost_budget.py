@@ -101,6 +101,7 @@ async def test_a_client_looping_on_the_costliest_query_is_rate_limited(budgeted,
     assert status == 429 and code(body) == "RATE_LIMITED"
     retry = body["errors"][0]["extensions"]["retryAfterSeconds"]
     assert 0 < retry < wait and int(headers["Retry-After"]) >= retry
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
     # Coming back when told, it is served.
     await asyncio.sleep(retry)
     status, body, _ = await post(budgeted, query, attacker)

@@ -170,4 +170,5 @@ def _too_fast(wait: float) -> Response:
         {"data": None, "errors": [error]},
         status_code=429,
         headers={"Retry-After": str(math.ceil(wait))},
+        media_type="application/json; charset=utf-8",
     )

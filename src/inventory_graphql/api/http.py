@@ -61,6 +61,7 @@ class Unauthenticated(Exception):
             {"data": None, "errors": [error]},
             status_code=401,
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            media_type="application/json; charset=utf-8",
         )
 
 

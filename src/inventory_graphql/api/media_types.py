@@ -7,9 +7,9 @@ document does not parse or validate, its variables do not coerce) is a 4xx witho
 `application/json`, a request error as 200 with `"data": null`. This layer, outside both
 the lean path and Strawberry's view (an ASGI app around them: the public extension point
 both share), chooses the media type from `Accept` and rewrites a request error's answer
-when the client took the new type; `application/json` answers keep their shape and gain
-the charset. An `Accept` that allows neither type is refused 406 (a browser asking for
-GraphiQL's page is not: it accepts `text/html`).
+when the client took the new type; `application/json` answers keep their shape. An
+`Accept` that allows neither type is refused 406 (a browser asking for GraphiQL's page is
+not: it accepts `text/html`). Other methods than GET and POST are refused 405 here.
 """
 
 from __future__ import annotations
@@ -86,7 +86,9 @@ class GraphQLMediaTypes:
             await _not_acceptable(send)
             return
         if media == JSON:
-            await self.app(scope, receive, _with_charset(send))
+            # As the app answers: every JSON answer of /graphql carries the charset where
+            # it is built (the view, the lean path, the 401 and 429 refusals).
+            await self.app(scope, receive, send)
         else:
             await self.app(scope, receive, _as_graphql_response(send))
 
@@ -122,20 +124,6 @@ def _retyped(headers: list[tuple[bytes, bytes]], media: bytes) -> list[tuple[byt
         else:
             out.append((name, value))
     return out if found else None
-
-
-def _with_charset(send: Send) -> Send:
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            for name, value in message.get("headers", ()):
-                if name == b"content-type":
-                    if value == JSON:  # both paths' answers have it already
-                        headers = _retyped(list(message["headers"]), JSON)
-                        message = {**message, "headers": headers}
-                    break
-        await send(message)
-
-    return sending
 
 
 def _as_graphql_response(send: Send) -> Send:
