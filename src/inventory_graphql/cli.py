@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -132,23 +133,23 @@ def _run_uvicorn(
 
     from inventory_graphql.app import create_app
 
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "log_config": None,
+        "timeout_graceful_shutdown": GRACE_SECONDS,
+        # uvicorn's default is 16 MiB: one such message froze the event loop for seconds.
+        "ws_max_size": settings.max_ws_message_bytes,
+        "ws_per_message_deflate": settings.ws_per_message_deflate,
+        "http": http,
+    }
     if args.workers == 1:
         # This process serves: once started, what startup built stays (frozen).
         traced = tracing.configure()  # before the schema is built: it adds the spans
         app = create_app(settings, url, on_started=garbage_collection.tune)
         try:
-            uvicorn.run(
-                app,
-                host=args.host,
-                port=args.port,
-                log_level=args.log_level,
-                log_config=None,
-                timeout_graceful_shutdown=GRACE_SECONDS,
-                # uvicorn's default is 16 MiB: one such message froze the event loop for seconds.
-                ws_max_size=settings.max_ws_message_bytes,
-                ws_per_message_deflate=settings.ws_per_message_deflate,
-                http=http,
-            )
+            uvicorn.run(app, **options)
         finally:
             if traced is not None:
                 traced.shutdown()  # flushes the spans not sent yet
@@ -158,18 +159,7 @@ def _run_uvicorn(
     # Each sets up its own tracing first (tracing.py), when OTEL_* variables ask for it.
     os.environ["DATABASE_URL"] = url
     uvicorn.run(
-        "inventory_graphql.tracing:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-        log_config=None,
-        timeout_graceful_shutdown=GRACE_SECONDS,
-        # uvicorn's default is 16 MiB: one such message froze the event loop for seconds.
-        ws_max_size=settings.max_ws_message_bytes,
-        ws_per_message_deflate=settings.ws_per_message_deflate,
-        http=http,
+        "inventory_graphql.tracing:app_from_env", factory=True, workers=args.workers, **options
     )
 
 

@@ -6,7 +6,6 @@ the spec's own audit suite (npm graphql-http), every MUST and SHOULD."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 
 from inventory_graphql.api.media_types import GRAPHQL_RESPONSE, JSON, preferred
 from inventory_graphql.testing.server import ServerProcess
+from tests.support.node import npm_installed
 
 AUDIT = Path(__file__).resolve().parent / "http_audit"
 RESPONSE_TYPE = "application/graphql-response+json; charset=utf-8"
@@ -156,18 +156,7 @@ async def test_a_browser_asking_for_html_still_gets_graphiql(server: ServerProce
 @pytest.fixture(scope="module")
 def audit_script() -> Path:
     """tests/api/http_audit with its pinned packages installed (npm ci)."""
-    npm, node = shutil.which("npm"), shutil.which("node")
-    if npm is None or node is None:
-        reason = "the GraphQL over HTTP audit needs node and npm (apt-get install nodejs npm)"
-        if os.environ.get("INVENTORY_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    subprocess.run(
-        [npm, "ci", "--prefix", str(AUDIT), "--prefer-offline", "--no-audit", "--no-fund"],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    npm_installed(AUDIT, "the GraphQL over HTTP audit")
     return AUDIT / "audit.mjs"
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,6 +19,7 @@ from aiohttp import web
 
 from inventory_graphql.testing.server import ServerProcess, free_port
 from tests.support.database import stock
+from tests.support.node import npm_installed
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NODE_LIVE = EXAMPLES / "node-live"
@@ -63,18 +62,7 @@ async def reservation(db: asyncpg.Connection, reservation_id: str) -> dict[str, 
 def node_live() -> Path:
     """examples/node-live with its pinned packages installed (npm ci, from the cache when
     it can)."""
-    npm, node = shutil.which("npm"), shutil.which("node")
-    if npm is None or node is None:
-        reason = "the Node example needs node and npm (apt-get install nodejs npm)"
-        if os.environ.get("INVENTORY_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    subprocess.run(
-        [npm, "ci", "--prefix", str(NODE_LIVE), "--prefer-offline", "--no-audit", "--no-fund"],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    npm_installed(NODE_LIVE, "the Node example")
     return NODE_LIVE / "live.mjs"
 
 
