@@ -41,6 +41,7 @@ from inventory_graphql.api.direct_resolvers import direct_resolvers
 from inventory_graphql.api.document_cache import CachedDocument
 from inventory_graphql.api.errors import shown_error
 from inventory_graphql.api.internals import core_schema
+from inventory_graphql.api.media_types import JSON_UTF8
 from inventory_graphql.api.observability import operation_labels
 from inventory_graphql.api.request_guards import (
     Guards,
@@ -54,7 +55,7 @@ from inventory_graphql.request_id import current_request_id, request_id_of, requ
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 JSON = b"application/json"
-JSON_UTF8 = b"application/json; charset=utf-8"  # what the view answers (http.py)
+ANSWER_TYPE = JSON_UTF8.encode()  # as the view answers (http.py)
 
 
 class View(Protocol):
@@ -336,7 +337,7 @@ async def _send_json(send: Send, body: bytes, response: Response, request_id: st
     # the request id as RequestIdMiddleware adds it.
     headers = [
         (b"content-length", str(len(body)).encode()),
-        (b"content-type", JSON_UTF8),
+        (b"content-type", ANSWER_TYPE),
         *response.headers.raw,
         (b"x-request-id", request_id.encode()),
     ]

@@ -39,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inventory_graphql.api.client_limits import client_of
+from inventory_graphql.api.media_types import JSON_UTF8
 
 MAX_CLIENTS = 100_000  # ~150 bytes each: 15 MB at worst (rotating forwarded addresses)
 HOLD_SECONDS = 1.0  # the longest a request waits at the door for its client's budget
@@ -170,5 +171,5 @@ def _too_fast(wait: float) -> Response:
         {"data": None, "errors": [error]},
         status_code=429,
         headers={"Retry-After": str(math.ceil(wait))},
-        media_type="application/json; charset=utf-8",
+        media_type=JSON_UTF8,
     )

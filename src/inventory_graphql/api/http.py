@@ -26,6 +26,7 @@ from inventory_graphql.api.internals import (
     DocumentIdView,
     GuardedTransportWsHandler,
 )
+from inventory_graphql.api.media_types import JSON_UTF8
 from inventory_graphql.api.operations import refusal
 from inventory_graphql.api.request_guards import Guards
 from inventory_graphql.api.trusted_documents import DocumentRefused, Manifest, TrustedDocuments
@@ -61,7 +62,7 @@ class Unauthenticated(Exception):
             {"data": None, "errors": [error]},
             status_code=401,
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            media_type="application/json; charset=utf-8",
+            media_type=JSON_UTF8,
         )
 
 
@@ -111,14 +112,13 @@ class GraphQLEndpoint(DocumentIdView):
         sub_response.status_code = refused.status
         if refused.allow is not None:
             sub_response.headers["Allow"] = refused.allow
-        error = refused.error
-        return GraphQLError(error.message, extensions={"requestId": current_request_id()})
+        return GraphQLError(refused.message, extensions={"requestId": current_request_id()})
 
     def create_response(self, response_data: Any, sub_response: Response) -> Response:
         response = super().create_response(response_data, sub_response)
-        # The charset GraphQL over HTTP asks for, set at the source (media_types.py adds it
-        # to any JSON answer without one, a copy per answer).
-        response.headers["content-type"] = "application/json; charset=utf-8"
+        # The charset GraphQL over HTTP asks for, set where the answer is built (media_types.py
+        # passes application/json answers through as they are).
+        response.headers["content-type"] = JSON_UTF8
         return response
 
     @property

@@ -20,6 +20,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 GRAPHQL_RESPONSE = b"application/graphql-response+json"
 JSON = b"application/json"
 CHARSET = b"; charset=utf-8"
+# Every JSON answer of /graphql, built with it where it is built (the view, the lean path,
+# the 401 and 429 refusals): application/json answers pass this layer as they are.
+JSON_UTF8 = (JSON + CHARSET).decode()
 # Largest answer this layer reads to rewrite; past it an answer goes out as it is (a
 # request error's answer is a few hundred bytes).
 MAX_REWRITE_BYTES = 64 * 1024

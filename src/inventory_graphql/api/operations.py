@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from graphql import DocumentNode, GraphQLError, OperationDefinitionNode, OperationType
+from graphql import DocumentNode, OperationDefinitionNode, OperationType
 
 
 @dataclass(frozen=True)
 class Refusal:
-    error: GraphQLError
+    message: str  # the request error's
     status: int = 200  # the view's status; the media type layer makes 400 of 200 as needed
     allow: str | None = None
 
@@ -25,9 +25,7 @@ def refusal(document: DocumentNode, operation_name: str | None, method: str) -> 
     operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
     if operation_name is None:
         if len(operations) > 1:
-            return Refusal(
-                GraphQLError("Must provide operation name if query contains multiple operations.")
-            )
+            return Refusal("Must provide operation name if query contains multiple operations.")
         chosen = operations[0] if operations else None
     else:
         chosen = next(
@@ -35,12 +33,10 @@ def refusal(document: DocumentNode, operation_name: str | None, method: str) -> 
             None,
         )
         if chosen is None:
-            return Refusal(GraphQLError(f'Unknown operation named "{operation_name}".'))
+            return Refusal(f'Unknown operation named "{operation_name}".')
     if method == "GET" and chosen is not None and chosen.operation is not OperationType.QUERY:
         kind = chosen.operation.value
         return Refusal(
-            GraphQLError(f"A {kind} cannot be sent with GET: send it with POST."),
-            status=405,
-            allow="POST",
+            f"A {kind} cannot be sent with GET: send it with POST.", status=405, allow="POST"
         )
     return None
