@@ -228,6 +228,17 @@ async def send(session: aiohttp.ClientSession, url: str, attack: Attack) -> tupl
 
 
 def assert_clear_refusal(attack: Attack, status: int, text: str) -> None:
+    # Never a server error. The one 5xx that is an answer: BUSY (503, retriable, nothing
+    # held), when a reserve of the corpus waited past lock_timeout behind the others on
+    # the same product while the machine was busy with the rest (seen in 1 run of 5 on
+    # 2 cores); the test's end checks that nothing was held.
+    if status == 503:
+        (busy,) = json.loads(text)["errors"]
+        assert busy["extensions"]["code"] == "BUSY" and busy["extensions"]["retriable"], (
+            attack.kind,
+            text[:300],
+        )
+        return
     assert status < 500, (attack.kind, status, text[:300])
     assert not any(leak in text for leak in LEAKS), (attack.kind, text[:300])
     if status >= 400:
